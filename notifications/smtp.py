@@ -1,0 +1,188 @@
+"""The only SMTP code: one kept-open connection per process, sending, and error classification."""
+
+import logging
+import smtplib
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+
+from .conf import SmtpSettings
+from .exceptions import PermanentSendError, SendError, SmtpConfigurationError, TransientSendError
+
+logger = logging.getLogger(__name__)
+
+IDLE_CHECK_SECONDS = 10.0  # a connection idle longer than this is checked with NOOP before use
+
+
+@dataclass
+class SendResult:
+    response: str
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+def _by_code(code: int, text: str, **extra) -> SendError:
+    # RFC 5321 4.5.3.1.10: 552 "too many recipients" is really temporary.
+    if 400 <= code < 500 or (code == 552 and "recipient" in text.lower()):
+        return TransientSendError(f"{code} {text}", code=code, **extra)
+    return PermanentSendError(f"{code} {text}", code=code, **extra)
+
+
+def classify(exc: BaseException) -> SendError:
+    """Map any error from smtplib or the socket onto transient, permanent or configuration."""
+    if isinstance(exc, SendError):
+        return exc
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return SmtpConfigurationError(
+            f"SMTP authentication refused ({exc.smtp_code}); check the username and password",
+            code=exc.smtp_code,
+        )
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return SmtpConfigurationError(f"the SMTP server does not support what we asked: {exc}")
+    if isinstance(exc, ssl.SSLError):
+        return SmtpConfigurationError(
+            f"TLS handshake failed ({exc.reason}); check SMTP_USE_TLS/SMTP_USE_SSL and the port"
+        )
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        refused = {r: (c, _text(m)) for r, (c, m) in exc.recipients.items()}
+        code, text = next(((c, m) for c, m in refused.values() if 400 <= c < 500), None) or next(
+            iter(refused.values())
+        )
+        return _by_code(code, f"all recipients refused: {text}", refused=refused)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _by_code(exc.smtp_code, _text(exc.smtp_error))
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return TransientSendError(f"timed out talking to the SMTP server: {exc}")
+    if isinstance(exc, ConnectionRefusedError):
+        return TransientSendError("connection to the SMTP server refused")
+    if isinstance(exc, OSError):  # SMTPServerDisconnected, resets, DNS failures
+        return TransientSendError(f"connection to the SMTP server failed: {exc or type(exc).__name__}")
+    return TransientSendError(f"unexpected error while sending: {type(exc).__name__}: {exc}")
+
+
+class SmtpClient:
+    """Keeps one SMTP connection open between sends; reconnects when it breaks or settings change."""
+
+    def __init__(self) -> None:
+        self._smtp: smtplib.SMTP | None = None
+        self._settings: SmtpSettings | None = None
+        self._last_used = 0.0
+
+    def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            try:
+                smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                smtp.close()
+
+    def _open(self, settings: SmtpSettings) -> smtplib.SMTP:
+        local_hostname = socket.gethostname()
+        if settings.use_ssl:
+            smtp = smtplib.SMTP_SSL(
+                settings.host,
+                settings.port,
+                local_hostname=local_hostname,
+                timeout=settings.timeout,
+                context=ssl.create_default_context(),
+            )
+        else:
+            smtp = smtplib.SMTP(
+                settings.host, settings.port, local_hostname=local_hostname, timeout=settings.timeout
+            )
+        try:
+            if settings.use_tls:
+                smtp.starttls(context=ssl.create_default_context())
+            if settings.username:
+                smtp.login(settings.username, settings.password)
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def _connection(self, settings: SmtpSettings) -> tuple[smtplib.SMTP, bool]:
+        """The open connection for `settings` and whether it was reused."""
+        if self._smtp is not None and self._settings != settings:
+            self.close()
+        if self._smtp is not None and time.monotonic() - self._last_used > IDLE_CHECK_SECONDS:
+            try:
+                self._smtp.noop()
+            except (smtplib.SMTPException, OSError):
+                self.close()
+        if self._smtp is not None:
+            return self._smtp, True
+        self._smtp, self._settings = self._open(settings), settings
+        return self._smtp, False
+
+    def send(
+        self, *, settings: SmtpSettings, envelope_from: str, recipients: list[str], message: bytes
+    ) -> SendResult:
+        """Send once. Raises TransientSendError, PermanentSendError or SmtpConfigurationError."""
+        try:
+            smtp, reused = self._connection(settings)
+            try:
+                return self._transaction(smtp, envelope_from, recipients, message)
+            except _BeforeData:
+                if not reused:
+                    raise
+                # A kept-open connection the server had closed: nothing was sent, so try afresh.
+                self.close()
+                smtp, _ = self._connection(settings)
+                return self._transaction(smtp, envelope_from, recipients, message)
+        except _BeforeData as failure:
+            self.close()
+            raise classify(failure.__cause__) from failure.__cause__
+        except SendError:
+            raise
+        except Exception as exc:
+            self.close()
+            raise classify(exc) from exc
+        finally:
+            self._last_used = time.monotonic()
+
+    def _transaction(
+        self, smtp: smtplib.SMTP, envelope_from: str, recipients: list[str], message: bytes
+    ) -> SendResult:
+        """MAIL, RCPT and DATA, as smtplib.sendmail does, but knowing how far we got."""
+        try:
+            smtp.ehlo_or_helo_if_needed()
+            options = [f"size={len(message)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
+            code, reply = smtp.mail(envelope_from, options)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            if isinstance(exc, smtplib.SMTPResponseException):
+                raise
+            raise _BeforeData() from exc
+        if code != 250:
+            self._reset(smtp)
+            raise classify(smtplib.SMTPSenderRefused(code, reply, envelope_from))
+        refused = {}
+        for recipient in recipients:
+            code, reply = smtp.rcpt(recipient)
+            if code not in (250, 251):
+                refused[recipient] = (code, _text(reply))
+        if len(refused) == len(recipients):
+            self._reset(smtp)
+            raise classify(smtplib.SMTPRecipientsRefused(refused))
+        code, reply = smtp.data(message)
+        if code != 250:
+            self._reset(smtp)
+            raise _by_code(code, _text(reply))
+        return SendResult(response=f"{code} {_text(reply)}", refused=refused)
+
+    @staticmethod
+    def _reset(smtp: smtplib.SMTP) -> None:
+        try:
+            smtp.rset()
+        except (smtplib.SMTPException, OSError):
+            pass
+
+
+class _BeforeData(Exception):
+    """The connection failed before DATA began, so the server has nothing of this message."""
+
+
+client = SmtpClient()

@@ -1,0 +1,37 @@
+"""The Celery app: configuration comes from Django settings (CELERY_*), tasks from the apps."""
+
+import os
+
+from celery import Celery
+from celery.signals import worker_process_shutdown, worker_ready
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vertex_email.settings")
+
+app = Celery("vertex_email")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@app.on_after_finalize.connect
+def _schedule_recovery(sender: Celery, **kwargs) -> None:
+    """Beat sweeps for lost and stranded jobs every EMAIL_SWEEP_INTERVAL seconds."""
+    from django.conf import settings
+
+    sender.add_periodic_task(
+        settings.NOTIFICATIONS["SWEEP_INTERVAL"],
+        sender.signature("notifications.tasks.recover_jobs"),
+        name="recover email jobs",
+    )
+
+
+@worker_ready.connect
+def _recover_at_start(sender, **kwargs) -> None:
+    """A starting worker looks for jobs that a dead one left behind or whose message was lost."""
+    sender.app.send_task("notifications.tasks.recover_jobs")
+
+
+@worker_process_shutdown.connect
+def _close_smtp(**kwargs) -> None:
+    from notifications.smtp import client
+
+    client.close()

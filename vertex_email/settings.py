@@ -1,0 +1,174 @@
+"""Project settings: the only module that reads the environment (django-environ)."""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DJANGO_ENV = env.str("DJANGO_ENV", default="development")
+if DJANGO_ENV not in {"development", "production", "test"}:
+    raise environ.ImproperlyConfigured(
+        f"DJANGO_ENV must be development, production or test, not {DJANGO_ENV!r}"
+    )
+IS_PRODUCTION = DJANGO_ENV == "production"
+
+SECRET_KEY = env.str(
+    "DJANGO_SECRET_KEY",
+    default="" if IS_PRODUCTION else "insecure-development-key-change-me-0123456789abcdef",
+)
+if not SECRET_KEY:
+    raise environ.ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_ENV=production")
+DEBUG = env.bool("DJANGO_DEBUG", default=DJANGO_ENV == "development")
+ALLOWED_HOSTS = env.list(
+    "DJANGO_ALLOWED_HOSTS", default=[] if IS_PRODUCTION else ["localhost", "127.0.0.1"]
+)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_prometheus",
+    "notifications",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "vertex_email.urls"
+WSGI_APPLICATION = "vertex_email.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+VAR_DIR.mkdir(exist_ok=True)
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several worker processes write at once: WAL lets readers run beside the writer, IMMEDIATE
+    # transactions take the write lock up front so the busy timeout applies instead of failing
+    # at once with "database is locked", and the timeout is long enough to outwait any writer.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": env.float("SQLITE_BUSY_TIMEOUT", default=30.0),
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # Integration tests run real worker processes, which need a file, not an in-memory database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_db.sqlite3")}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# --- E-mail ---------------------------------------------------------------------------------
+# Django's mail API enqueues; the worker sends over SMTP with the settings below.
+EMAIL_BACKEND = "notifications.backends.QueuedEmailBackend"
+EMAIL_FROM = env.str("EMAIL_FROM", default="noreply@localhost")
+DEFAULT_FROM_EMAIL = EMAIL_FROM
+SERVER_EMAIL = EMAIL_FROM
+ADMIN_EMAILS = env.list("ADMIN_EMAILS", default=[])
+ADMINS = [(address, address) for address in ADMIN_EMAILS]
+
+NOTIFICATIONS = {
+    "SMTP_HOST": env.str("SMTP_HOST", default="127.0.0.1"),
+    "SMTP_PORT": env.int("SMTP_PORT", default=1025),
+    "SMTP_USE_TLS": env.bool("SMTP_USE_TLS", default=False),
+    "SMTP_USE_SSL": env.bool("SMTP_USE_SSL", default=False),
+    "SMTP_TIMEOUT": env.float("SMTP_TIMEOUT", default=10.0),
+    "FROM_EMAIL": EMAIL_FROM,
+    "MESSAGE_ID_DOMAIN": env.str("EMAIL_MESSAGE_ID_DOMAIN", default="vertex-email.local"),
+    "MAX_MESSAGE_BYTES": env.int("EMAIL_MAX_MESSAGE_BYTES", default=10 * 1024 * 1024),
+    "RETRY_MAX_ATTEMPTS": env.int("EMAIL_RETRY_MAX_ATTEMPTS", default=5),
+    "RETRY_DELAYS": [float(d) for d in env.list("EMAIL_RETRY_DELAYS", default=["1", "2", "4", "8", "16"])],
+    "CONFIG_ERROR_DELAY": env.float("EMAIL_CONFIG_ERROR_DELAY", default=60.0),
+    "LEASE_SECONDS": env.float("EMAIL_LEASE_SECONDS", default=40.0),
+    "SWEEP_INTERVAL": env.float("EMAIL_SWEEP_INTERVAL", default=15.0),
+    "REDISPATCH_AFTER": env.float("EMAIL_REDISPATCH_AFTER", default=60.0),
+    "SWEEP_BATCH": env.int("EMAIL_SWEEP_BATCH", default=5000),
+}
+# SMTP credentials belong in the encrypted settings row; these are read only to refuse or migrate.
+SMTP_USERNAME_IN_ENV = "SMTP_USERNAME" in env.ENVIRON
+SMTP_PASSWORD_IN_ENV = "SMTP_PASSWORD" in env.ENVIRON
+
+# --- Celery ---------------------------------------------------------------------------------
+EMAIL_QUEUE_WORKERS = env.int("EMAIL_QUEUE_WORKERS", default=3)
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
+CELERY_TASK_DEFAULT_QUEUE = "email"
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# At-least-once: ack after the task ran, requeue the task of a worker that died, reserve one
+# message per process so a crash strands as few as possible. The job row, not the broker, is the
+# truth: the sweeper recovers what the broker loses, and the claim stops duplicates.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=1)
+CELERY_WORKER_CONCURRENCY = EMAIL_QUEUE_WORKERS
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Longer than the longest retry countdown, so a waiting retry is never redelivered early.
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+# A send is cut off before its lease ends, so two workers can never hold the same job at once.
+CELERY_TASK_SOFT_TIME_LIMIT = max(1.0, NOTIFICATIONS["LEASE_SECONDS"] - 10)
+CELERY_TASK_TIME_LIMIT = max(2.0, NOTIFICATIONS["LEASE_SECONDS"] - 5)
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- Logging --------------------------------------------------------------------------------
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(processName)s %(message)s"}
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"celery": {"level": LOG_LEVEL}},
+}
