@@ -142,7 +142,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=1)
 CELERY_WORKER_CONCURRENCY = EMAIL_QUEUE_WORKERS
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# Cancelling a running send on a broker hiccup would only cut SMTP conversations in half; the
+# claim already makes a redelivered message harmless.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Longer than the longest retry countdown, so a waiting retry is never redelivered early.
@@ -155,8 +157,8 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.2,
 }
 # A send is cut off before its lease ends, so two workers can never hold the same job at once.
-CELERY_TASK_SOFT_TIME_LIMIT = max(1.0, NOTIFICATIONS["LEASE_SECONDS"] - 10)
-CELERY_TASK_TIME_LIMIT = max(2.0, NOTIFICATIONS["LEASE_SECONDS"] - 5)
+CELERY_TASK_SOFT_TIME_LIMIT = NOTIFICATIONS["LEASE_SECONDS"] * 0.75
+CELERY_TASK_TIME_LIMIT = NOTIFICATIONS["LEASE_SECONDS"] * 0.875
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

@@ -1,0 +1,78 @@
+"""A real SMTP server (aiosmtpd on 127.0.0.1) that records every message and can be told to fail."""
+
+import asyncio
+import email
+import email.policy
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from aiosmtpd.controller import Controller
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+
+    @property
+    def message(self) -> email.message.EmailMessage:
+        return email.message_from_bytes(self.content, policy=email.policy.default)
+
+    @property
+    def message_id(self) -> str:
+        return str(self.message["Message-ID"])
+
+
+@dataclass
+class SinkHandler:
+    messages: list[Received] = field(default_factory=list)
+    data_replies: list[str] = field(default_factory=list)  # replies for the next DATA commands
+    refused: dict[str, str] = field(default_factory=dict)  # recipient -> RCPT reply
+    accept_delay: float = 0.0  # seconds to wait after storing, before replying 250
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.messages.clear()
+            self.data_replies.clear()
+            self.refused.clear()
+            self.accept_delay = 0.0
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refused:
+            return self.refused[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            if self.data_replies:
+                return self.data_replies.pop(0)
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        if self.accept_delay:
+            await asyncio.sleep(self.accept_delay)
+        return "250 Message accepted for delivery"
+
+    # What tests assert on --------------------------------------------------------------------
+    def count(self) -> int:
+        with self.lock:
+            return len(self.messages)
+
+    def by_message_id(self) -> Counter:
+        with self.lock:
+            return Counter(received.message_id for received in self.messages)
+
+
+class SmtpSink:
+    def __init__(self, port: int):
+        self.handler = SinkHandler()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=port)
+        self.port = port
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()

@@ -1,0 +1,84 @@
+"""Enqueueing: the row is written in the caller's transaction, the job id published on commit."""
+
+import json
+import logging
+
+import pytest
+from django.core.mail import EmailMultiAlternatives, send_mail, send_mass_mail
+from django.db import transaction
+
+from notifications import services
+from notifications.models import EmailJob
+from tests.factories import make_message
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def queued_job_ids(broker) -> list[int]:
+    messages = broker.client().lrange("email", 0, -1)
+    return [json.loads(m)["headers"]["argsrepr"] for m in messages]
+
+
+def test_send_mail_writes_a_pending_job_and_publishes_only_its_id(broker):
+    assert send_mail("Hello", "Body", "from@example.org", ["to@example.org"]) == 1
+    job = EmailJob.objects.get()
+    assert job.status == EmailJob.Status.PENDING
+    assert job.message_id.startswith("<") and job.message_id.endswith("@vertex-email.local>")
+    raw = broker.client().lrange("email", 0, -1)
+    assert len(raw) == 1
+    message = json.loads(raw[0])
+    assert message["headers"]["task"] == "notifications.tasks.send_email"
+    assert message["headers"]["argsrepr"] == f"({job.pk},)"
+    assert b"Body" not in raw[0] and b"to@example.org" not in raw[0]
+
+
+def test_publish_waits_for_commit_and_a_rollback_leaves_nothing(broker):
+    with transaction.atomic():
+        send_mail("Hello", "Body", "from@example.org", ["to@example.org"])
+        assert broker.client().llen("email") == 0
+    assert broker.client().llen("email") == 1
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        send_mail("Rolled back", "Body", "from@example.org", ["to@example.org"])
+        raise RuntimeError("the caller's transaction fails")
+    assert EmailJob.objects.count() == 1
+    assert broker.client().llen("email") == 1
+
+
+def test_send_mass_mail_creates_one_job_per_message(broker):
+    batch = [("s", "b", "from@example.org", [f"user{i}@example.org"]) for i in range(50)]
+    assert send_mass_mail(batch) == 50
+    assert EmailJob.objects.count() == 50
+    assert broker.client().llen("email") == 50
+
+
+def test_bulk_service_returns_saved_jobs(broker):
+    jobs = services.enqueue_emails(messages=[make_message(i) for i in range(10)])
+    assert all(job.pk for job in jobs)
+    assert len({job.message_id for job in jobs}) == 10
+
+
+def test_a_message_id_given_by_the_caller_is_kept(broker):
+    message = make_message(headers={"Message-ID": "<fixed-id@example.org>"})
+    job = services.enqueue_email(message=message)
+    assert job.message_id == "<fixed-id@example.org>"
+    assert b"Message-ID: <fixed-id@example.org>" in bytes(job.mime_message)
+
+
+def test_the_same_message_object_sent_twice_makes_two_distinct_jobs(broker):
+    message = EmailMultiAlternatives("s", "b", "from@example.org", ["to@example.org"])
+    message.send()
+    message.send()
+    assert EmailJob.objects.values("message_id").distinct().count() == 2
+
+
+def test_redis_down_at_enqueue_keeps_the_job_pending_for_the_sweeper(broker, caplog):
+    broker.stop()
+    try:
+        with caplog.at_level(logging.WARNING, logger="notifications.publishing"):
+            assert send_mail("s", "b", "from@example.org", ["to@example.org"]) == 1
+    finally:
+        broker.start()
+    job = EmailJob.objects.get()
+    assert job.status == EmailJob.Status.PENDING
+    assert "the sweeper will republish" in caplog.text
