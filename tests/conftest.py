@@ -1,5 +1,6 @@
 """Shared fixtures: a real redis-server, a real SMTP server and real Celery worker processes."""
 
+import logging
 import os
 from urllib.parse import quote
 
@@ -11,6 +12,8 @@ from tests.support.processes import CeleryWorker, RedisServer, free_port
 from tests.support.smtp_sink import SmtpSink
 
 # Short schedules so recovery and retries happen within a test's time.
+logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command
+
 WORKER_SETTINGS = {
     "EMAIL_RETRY_DELAYS": "0.5,1,2",
     "EMAIL_LEASE_SECONDS": "8",

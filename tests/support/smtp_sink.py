@@ -18,7 +18,9 @@ class Received:
 
     @property
     def message(self) -> email.message.EmailMessage:
-        return email.message_from_bytes(self.content, policy=email.policy.default)
+        # SMTP carries CRLF line ends; read it as a mail store would, with local ones.
+        content = self.content.replace(b"\r\n", b"\n")
+        return email.message_from_bytes(content, policy=email.policy.default)
 
     @property
     def message_id(self) -> str:
