@@ -13,7 +13,13 @@ from django.core.mail.message import sanitize_address
 from django.core.validators import validate_email
 
 from .conf import option
-from .exceptions import EmailRejected, HeaderInjection, InvalidAddress, MessageTooLarge, NoRecipients
+from .exceptions import (
+    EmailRejected,
+    HeaderInjection,
+    InvalidAddress,
+    MessageTooLarge,
+    NoRecipients,
+)
 
 MAX_LOCAL_PART = 64  # RFC 5321 section 4.5.3.1.1
 ENCODING = "utf-8"

@@ -24,7 +24,9 @@ class EmailJob(models.Model):
     body = models.TextField(blank=True)
     html_body = models.TextField(blank=True)
     headers = models.JSONField(default=dict, blank=True)
-    attachments = models.JSONField(default=list, blank=True, help_text="Name, type and size of each.")
+    attachments = models.JSONField(
+        default=list, blank=True, help_text="Name, type and size of each."
+    )
     message_id = models.CharField(max_length=255, unique=True)
 
     # What goes on the wire, fixed at enqueue time: the envelope and the MIME message itself.

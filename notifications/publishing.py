@@ -23,6 +23,8 @@ def publish_jobs(job_ids: Sequence[int], *, countdown: float | None = None) -> i
     except Exception as exc:  # the broker is down or refused: the rows stay pending
         logger.warning(
             "could not publish %d of %d email job(s), the sweeper will republish them: %s",
-            len(job_ids) - published, len(job_ids), exc,
+            len(job_ids) - published,
+            len(job_ids),
+            exc,
         )
     return published

@@ -119,21 +119,42 @@ def _settle_failure(job: EmailJob, error: SendError, started_at: datetime, durat
         delay = option("CONFIG_ERROR_DELAY")
         logger.error("SMTP configuration error, job %s deferred %.0fs: %s", job.pk, delay, error)
         _settle(
-            job, Outcome.DEFERRED, started_at, duration, **common, status=Status.PENDING,
-            attempts=F("attempts") - 1, next_attempt_at=now + timedelta(seconds=delay),
-            dispatched_at=now, publish_countdown=delay,
+            job,
+            Outcome.DEFERRED,
+            started_at,
+            duration,
+            **common,
+            status=Status.PENDING,
+            attempts=F("attempts") - 1,
+            next_attempt_at=now + timedelta(seconds=delay),
+            dispatched_at=now,
+            publish_countdown=delay,
         )
         return Outcome.DEFERRED
     if isinstance(error, PermanentSendError) or not should_retry(
         job.attempts, option("RETRY_MAX_ATTEMPTS")
     ):
-        _settle(job, Outcome.FAILED, started_at, duration, **common, status=Status.FAILED,
-                refused_recipients={a: list(r) for a, r in error.refused.items()})
+        _settle(
+            job,
+            Outcome.FAILED,
+            started_at,
+            duration,
+            **common,
+            status=Status.FAILED,
+            refused_recipients={a: list(r) for a, r in error.refused.items()},
+        )
         return Outcome.FAILED
     delay = retry_delay(job.attempts, option("RETRY_DELAYS"))
     _settle(
-        job, Outcome.RETRY, started_at, duration, **common, status=Status.PENDING,
-        next_attempt_at=now + timedelta(seconds=delay), dispatched_at=now, publish_countdown=delay,
+        job,
+        Outcome.RETRY,
+        started_at,
+        duration,
+        **common,
+        status=Status.PENDING,
+        next_attempt_at=now + timedelta(seconds=delay),
+        dispatched_at=now,
+        publish_countdown=delay,
     )
     return Outcome.RETRY
 
@@ -175,7 +196,12 @@ def _settle(
             )
     logger.info(
         "email job=%s attempt=%s outcome=%s code=%s duration=%.3fs%s",
-        job.pk, job.attempts, outcome, code, duration, f" error={error!r}" if error else "",
+        job.pk,
+        job.attempts,
+        outcome,
+        code,
+        duration,
+        f" error={error!r}" if error else "",
     )
     if not held:
         logger.warning("job %s was taken over while attempt %s ran", job.pk, job.attempts)
@@ -198,8 +224,11 @@ def recover_jobs(*, now: datetime | None = None) -> dict[str, int]:
     republish = released + lost
     if republish:
         publishing.publish_jobs(republish)
-        logger.info("recovery: %d expired lease(s) released, %d job(s) republished",
-                    len(released), len(lost))
+        logger.info(
+            "recovery: %d expired lease(s) released, %d job(s) republished",
+            len(released),
+            len(lost),
+        )
     return {"released": len(released), "republished": len(lost)}
 
 

@@ -1,5 +1,6 @@
 """The only SMTP code: one kept-open connection per process, sending, and error classification."""
 
+import contextlib
 import logging
 import smtplib
 import socket
@@ -60,12 +61,14 @@ def classify(exc: BaseException) -> SendError:
     if isinstance(exc, ConnectionRefusedError):
         return TransientSendError("connection to the SMTP server refused")
     if isinstance(exc, OSError):  # SMTPServerDisconnected, resets, DNS failures
-        return TransientSendError(f"connection to the SMTP server failed: {exc or type(exc).__name__}")
+        return TransientSendError(
+            f"connection to the SMTP server failed: {exc or type(exc).__name__}"
+        )
     return TransientSendError(f"unexpected error while sending: {type(exc).__name__}: {exc}")
 
 
 class SmtpClient:
-    """Keeps one SMTP connection open between sends; reconnects when it breaks or settings change."""
+    """One SMTP connection kept open between sends; reopened when it breaks or settings change."""
 
     def __init__(self) -> None:
         self._smtp: smtplib.SMTP | None = None
@@ -92,7 +95,10 @@ class SmtpClient:
             )
         else:
             smtp = smtplib.SMTP(
-                settings.host, settings.port, local_hostname=local_hostname, timeout=settings.timeout
+                settings.host,
+                settings.port,
+                local_hostname=local_hostname,
+                timeout=settings.timeout,
             )
         try:
             if settings.use_tls:
@@ -175,10 +181,8 @@ class SmtpClient:
 
     @staticmethod
     def _reset(smtp: smtplib.SMTP) -> None:
-        try:
+        with contextlib.suppress(smtplib.SMTPException, OSError):
             smtp.rset()
-        except (smtplib.SMTPException, OSError):
-            pass
 
 
 class _BeforeData(Exception):

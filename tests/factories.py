@@ -33,4 +33,3 @@ class EmailJobFactory(factory.django.DjangoModelFactory):
         fields.update(next_attempt_at=now, dispatched_at=now)
         fields.update(kwargs)
         return model_class.objects.create(**fields)
-

@@ -1,5 +1,7 @@
 """End to end: send_mail() in this process, real Celery workers, the real SMTP server."""
 
+from itertools import pairwise
+
 import pytest
 from django.core.mail import EmailMultiAlternatives, send_mail, send_mass_mail
 
@@ -38,7 +40,7 @@ def test_451_twice_then_accepted_is_sent_on_the_third_attempt(start_worker, smtp
     attempts = list(job.attempt_log.all())
     assert [a.outcome for a in attempts] == ["retry", "retry", "sent"]
     assert [a.smtp_code for a in attempts] == [451, 451, 250]
-    gaps = [(b.started_at - a.started_at).total_seconds() for a, b in zip(attempts, attempts[1:])]
+    gaps = [(b.started_at - a.started_at).total_seconds() for a, b in pairwise(attempts)]
     assert gaps[0] >= 0.8 * 0.5 and gaps[1] >= 0.8 * 1.0, gaps
     assert gaps[0] < 5 and gaps[1] < 5, gaps  # the countdown, not a sweep, brought them back
     assert smtp.count() == 1
@@ -56,9 +58,7 @@ def test_550_fails_after_one_attempt_keeping_code_and_text(start_worker, smtp):
     assert smtp.count() == 0
 
 
-def test_mixed_recipients_are_sent_to_the_accepted_and_the_refused_are_recorded(
-    start_worker, smtp
-):
+def test_mixed_recipients_are_sent_to_the_accepted_and_the_refused_are_recorded(start_worker, smtp):
     start_worker(concurrency=1)
     smtp.refused["gone@example.org"] = "550 5.1.1 Mailbox gone"
     send_mail("Mixed", "Body", "from@example.org", ["here@example.org", "gone@example.org"])
@@ -118,4 +118,6 @@ def test_send_mass_mail_delivers_each_message(start_worker, smtp):
     assert send_mass_mail(batch) == 30
     wait_for_settled(30)
     assert smtp.count() == 30
-    assert sorted(r.rcpt_tos[0] for r in smtp.messages) == sorted(f"m{i}@example.org" for i in range(30))
+    assert sorted(r.rcpt_tos[0] for r in smtp.messages) == sorted(
+        f"m{i}@example.org" for i in range(30)
+    )

@@ -11,7 +11,9 @@ Status = EmailJob.Status
 
 
 def enqueue(count: int) -> set[str]:
-    batch = [(f"Batch {i}", "Body", "from@example.org", [f"b{i}@example.org"]) for i in range(count)]
+    batch = [
+        (f"Batch {i}", "Body", "from@example.org", [f"b{i}@example.org"]) for i in range(count)
+    ]
     send_mass_mail(batch)
     return set(EmailJob.objects.values_list("message_id", flat=True))
 
@@ -19,7 +21,9 @@ def enqueue(count: int) -> set[str]:
 def wait_all_sent(count: int, timeout: float) -> None:
     wait_until(
         lambda: EmailJob.objects.filter(status=Status.SENT).count() == count,
-        timeout, 0.2, f"all {count} jobs to be sent",
+        timeout,
+        0.2,
+        f"all {count} jobs to be sent",
     )
 
 
@@ -38,8 +42,10 @@ def test_worker_sigkilled_mid_batch_loses_nothing(start_worker, smtp):
 
     received = smtp.by_message_id()
     duplicates = sum(n - 1 for n in received.values())
-    print(f"\nSIGKILL mid-batch: {total} jobs, {in_flight} in flight at the kill, "
-          f"{duplicates} duplicate(s) at the SMTP server")
+    print(
+        f"\nSIGKILL mid-batch: {total} jobs, {in_flight} in flight at the kill, "
+        f"{duplicates} duplicate(s) at the SMTP server"
+    )
     assert set(received) == message_ids  # nothing lost
     assert duplicates <= in_flight <= concurrency
     assert EmailJob.objects.exclude(status=Status.SENT).count() == 0

@@ -117,7 +117,9 @@ NOTIFICATIONS = {
     "MESSAGE_ID_DOMAIN": env.str("EMAIL_MESSAGE_ID_DOMAIN", default="vertex-email.local"),
     "MAX_MESSAGE_BYTES": env.int("EMAIL_MAX_MESSAGE_BYTES", default=10 * 1024 * 1024),
     "RETRY_MAX_ATTEMPTS": env.int("EMAIL_RETRY_MAX_ATTEMPTS", default=5),
-    "RETRY_DELAYS": [float(d) for d in env.list("EMAIL_RETRY_DELAYS", default=["1", "2", "4", "8", "16"])],
+    "RETRY_DELAYS": [
+        float(d) for d in env.list("EMAIL_RETRY_DELAYS", default=["1", "2", "4", "8", "16"])
+    ],
     "CONFIG_ERROR_DELAY": env.float("EMAIL_CONFIG_ERROR_DELAY", default=60.0),
     "LEASE_SECONDS": env.float("EMAIL_LEASE_SECONDS", default=40.0),
     "SWEEP_INTERVAL": env.float("EMAIL_SWEEP_INTERVAL", default=15.0),

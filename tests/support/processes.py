@@ -60,9 +60,21 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, start_new_session=True,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
         )
         wait_until(self._answers, 10, message="redis-server to answer PING")
 
@@ -85,20 +97,41 @@ class RedisServer:
 class CeleryWorker:
     """`celery -A vertex_email worker` in its own process group, so it can be SIGKILLed whole."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 2, beat: bool = False):
+    def __init__(
+        self, env: dict[str, str], log_path: Path, concurrency: int = 2, beat: bool = False
+    ):
         self.env, self.log_path, self.concurrency, self.beat = env, log_path, concurrency, beat
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> None:
-        args = [sys.executable, "-m", "celery", "-A", "vertex_email", "worker", "-Q", "email",
-                "-c", str(self.concurrency), "-l", "info", "--without-gossip", "--without-mingle",
-                "-n", f"test-{os.getpid()}-{time.monotonic_ns()}@%h"]
+        args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "vertex_email",
+            "worker",
+            "-Q",
+            "email",
+            "-c",
+            str(self.concurrency),
+            "-l",
+            "info",
+            "--without-gossip",
+            "--without-mingle",
+            "-n",
+            f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
+        ]
         if self.beat:
             args += ["-B", "-s", str(self.log_path.with_suffix(".beat-schedule"))]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         offset = self._log.tell()
         self.process = subprocess.Popen(
-            args, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            args,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         wait_until(lambda: self._ready(offset), timeout, 0.1, "the Celery worker to be ready")

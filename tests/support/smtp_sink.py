@@ -52,7 +52,9 @@ class SinkHandler:
         with self.lock:
             if self.data_replies:
                 return self.data_replies.pop(0)
-            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            self.messages.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content)
+            )
         if self.accept_delay:
             await asyncio.sleep(self.accept_delay)
         return "250 Message accepted for delivery"
