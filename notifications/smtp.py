@@ -44,10 +44,6 @@ def classify(exc: BaseException) -> SendError:
         )
     if isinstance(exc, smtplib.SMTPNotSupportedError):
         return SmtpConfigurationError(f"the SMTP server does not support what we asked: {exc}")
-    if isinstance(exc, ssl.SSLError):
-        return SmtpConfigurationError(
-            f"TLS handshake failed ({exc.reason}); check SMTP_USE_TLS/SMTP_USE_SSL and the port"
-        )
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         refused = {r: (c, _text(m)) for r, (c, m) in exc.recipients.items()}
         code, text = next(((c, m) for c, m in refused.values() if 400 <= c < 500), None) or next(
@@ -84,6 +80,16 @@ class SmtpClient:
                 smtp.close()
 
     def _open(self, settings: SmtpSettings) -> smtplib.SMTP:
+        try:
+            return self._connect(settings)
+        except ssl.SSLError as exc:  # at connect time this is our TLS configuration, not the mail
+            raise SmtpConfigurationError(
+                f"TLS handshake failed ({getattr(exc, 'reason', None) or exc}); "
+                "check SMTP_USE_TLS/SMTP_USE_SSL and the port (587 is STARTTLS, 465 is SSL)"
+            ) from exc
+
+    @staticmethod
+    def _connect(settings: SmtpSettings) -> smtplib.SMTP:
         local_hostname = socket.gethostname()
         if settings.use_ssl:
             smtp = smtplib.SMTP_SSL(

@@ -33,6 +33,7 @@ class SinkHandler:
     data_replies: list[str] = field(default_factory=list)  # replies for the next DATA commands
     refused: dict[str, str] = field(default_factory=dict)  # recipient -> RCPT reply
     accept_delay: float = 0.0  # seconds to wait after storing, before replying 250
+    greetings: int = 0  # EHLO/HELO commands seen: one per connection
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -41,6 +42,12 @@ class SinkHandler:
             self.data_replies.clear()
             self.refused.clear()
             self.accept_delay = 0.0
+            self.greetings = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        self.greetings += 1
+        return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address in self.refused:
