@@ -134,7 +134,7 @@ def test_a_server_that_stalls_past_the_timeout_is_a_transient_error(sink):
 
 def test_tls_to_a_plain_server_is_a_configuration_error(sink):
     wrong = SmtpSettings("127.0.0.1", sink.port, False, True, 2.0, "from@example.org")
-    with pytest.raises(SmtpConfigurationError, match="TLS handshake failed.*465 is SSL"):
+    with pytest.raises(SmtpConfigurationError, match=r"TLS handshake failed.*465 is SSL"):
         SmtpClient().send(
             settings=wrong,
             envelope_from="f@example.org",
