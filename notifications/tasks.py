@@ -1,11 +1,20 @@
 """Celery tasks: thin, take ids, call services."""
 
 from celery import shared_task
+from django.db import DatabaseError
 
 from . import services
 
 
-@shared_task(name="notifications.tasks.send_email")
+# A database hiccup (SQLite busy past its timeout, a PostgreSQL failover) leaves the job pending
+# or leased; trying the task again soon is cheaper than waiting for the sweeper.
+@shared_task(
+    name="notifications.tasks.send_email",
+    autoretry_for=(DatabaseError,),
+    retry_backoff=1,
+    retry_jitter=False,
+    max_retries=3,
+)
 def send_email(job_id: int) -> str | None:
     return services.deliver_job(job_id=job_id)
 
