@@ -26,13 +26,8 @@ class SmtpSettings:
         return f"SmtpSettings(host={self.host!r}, port={self.port}, user set={bool(self.username)})"
 
 
-def get_smtp_settings() -> SmtpSettings:
-    """The SMTP settings in force now: the environment defaults (the admin row overrides later)."""
-    return SmtpSettings(
-        host=option("SMTP_HOST"),
-        port=option("SMTP_PORT"),
-        use_tls=option("SMTP_USE_TLS"),
-        use_ssl=option("SMTP_USE_SSL"),
-        timeout=option("SMTP_TIMEOUT"),
-        from_email=option("FROM_EMAIL"),
-    )
+def get_smtp_settings(*, actor: str = "email_service", purpose: str = "send email"):
+    """The SMTP settings in force now: the admin's settings row over the environment defaults."""
+    from .smtp_config import current_smtp_settings
+
+    return current_smtp_settings(actor=actor, purpose=purpose)

@@ -49,3 +49,15 @@ class SmtpConfigurationError(SendError):
 
     Not the message's fault: the job goes back to pending without using up an attempt.
     """
+
+
+class ConfigurationError(NotificationError):
+    """The service itself is misconfigured; never the fault of a message."""
+
+
+class EncryptionKeyError(ConfigurationError):
+    """The encryption key is missing, unreadable or malformed."""
+
+
+class SecretDecryptionError(ConfigurationError):
+    """A stored secret cannot be decrypted with the loaded keys."""

@@ -97,3 +97,85 @@ class EmailAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"Attempt {self.number} of job #{self.job_id}: {self.outcome}"
+
+
+class NotificationSettings(models.Model):
+    """The one settings row. Empty fields fall back to the environment's defaults.
+
+    Secrets are stored only encrypted (see crypto.py) and are set through services, never by
+    assigning plaintext to a field.
+    """
+
+    SINGLETON_ID = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON_ID, editable=False)
+    smtp_host = models.CharField("SMTP host", max_length=255, blank=True)
+    smtp_port = models.PositiveIntegerField("SMTP port", null=True, blank=True)
+    smtp_username = models.CharField("SMTP username", max_length=255, blank=True)
+    smtp_password_encrypted = models.TextField(blank=True, editable=False)
+    from_email = models.CharField("from address", max_length=320, blank=True)
+    use_tls = models.BooleanField("use STARTTLS", null=True, blank=True)
+    use_ssl = models.BooleanField("use SSL/TLS", null=True, blank=True)
+    timeout = models.FloatField("timeout (seconds)", null=True, blank=True)
+    admin_emails = models.JSONField("alert e-mail addresses", default=list, blank=True)
+    telegram_bot_token_encrypted = models.TextField(blank=True, editable=False)
+    telegram_chat_id = models.CharField("Telegram chat id", max_length=64, blank=True)
+    alert_failure_rate = models.FloatField(
+        "alert above failure rate", default=0.10, help_text="A fraction: 0.10 is 10%."
+    )
+    alert_window_minutes = models.PositiveIntegerField("over the last (minutes)", default=60)
+    alert_min_attempts = models.PositiveIntegerField("with at least this many attempts", default=20)
+    version = models.PositiveIntegerField(default=1, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.CharField(max_length=150, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = verbose_name_plural = "notification settings"
+        constraints = [
+            models.CheckConstraint(condition=Q(id=1), name="notificationsettings_singleton"),
+            models.CheckConstraint(
+                condition=~Q(use_tls=True, use_ssl=True), name="notificationsettings_tls_or_ssl"
+            ),
+            models.CheckConstraint(
+                condition=Q(smtp_port__isnull=True) | Q(smtp_port__gte=1, smtp_port__lte=65535),
+                name="notificationsettings_port_range",
+            ),
+        ]
+        permissions = [("send_test_email", "Can send a test e-mail with the SMTP settings")]
+
+    def __str__(self) -> str:
+        return "Notification settings"
+
+    @property
+    def has_smtp_password(self) -> bool:
+        return bool(self.smtp_password_encrypted)
+
+    @property
+    def has_telegram_token(self) -> bool:
+        return bool(self.telegram_bot_token_encrypted)
+
+
+class AuditLogEntry(models.Model):
+    """Who touched the settings or their secrets, when and why. Never holds a secret's value."""
+
+    class Action(models.TextChoices):
+        DECRYPT = "decrypt", "Secret decrypted"
+        CHANGE = "change", "Settings changed"
+        TEST_SEND = "test_send", "Test e-mail sent"
+        ROTATE = "rotate", "Encryption key rotated"
+        IMPORT_ENV = "import_env", "Credentials imported from the environment"
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.CharField(max_length=160, help_text="email_service, alerting, admin:<user>, cli")
+    action = models.CharField(max_length=12, choices=Action.choices)
+    purpose = models.CharField(max_length=255, blank=True)
+    fields = models.JSONField(default=list, blank=True, help_text="Names only, never values.")
+    outcome = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "audit log entry"
+        verbose_name_plural = "audit log"
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action}"

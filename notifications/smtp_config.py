@@ -1,0 +1,167 @@
+"""The notification settings row: reading it as SmtpSettings, changing it, its secrets, the audit.
+
+Running workers see a change without a restart: each send compares the row's `version` with the
+one it decrypted last (one indexed read), and a new version means new settings, a new SMTP
+connection and one audited decryption.
+"""
+
+import logging
+from dataclasses import replace
+
+from django.db import transaction
+from django.db.models import F
+
+from . import crypto
+from .conf import SmtpSettings, option
+from .exceptions import ConfigurationError, SmtpConfigurationError
+from .models import AuditLogEntry, NotificationSettings
+
+logger = logging.getLogger(__name__)
+
+PASSWORD_CONTEXT = "notificationsettings.smtp_password"  # noqa: S105 - a label, not a secret
+TELEGRAM_CONTEXT = "notificationsettings.telegram_bot_token"
+CLEAR = object()  # pass as a secret to remove it
+PLAIN_FIELDS = (
+    "smtp_host",
+    "smtp_port",
+    "smtp_username",
+    "from_email",
+    "use_tls",
+    "use_ssl",
+    "timeout",
+    "admin_emails",
+    "telegram_chat_id",
+    "alert_failure_rate",
+    "alert_window_minutes",
+    "alert_min_attempts",
+)
+
+_cache: dict[str, tuple[tuple, SmtpSettings]] = {}  # actor -> (row stamp, settings)
+
+
+def load_row() -> NotificationSettings:
+    """The settings row, or an unsaved one with the defaults when none was saved yet."""
+    return NotificationSettings.objects.filter(pk=NotificationSettings.SINGLETON_ID).first() or (
+        NotificationSettings()
+    )
+
+
+def environment_defaults() -> SmtpSettings:
+    return SmtpSettings(
+        host=option("SMTP_HOST"),
+        port=option("SMTP_PORT"),
+        use_tls=option("SMTP_USE_TLS"),
+        use_ssl=option("SMTP_USE_SSL"),
+        timeout=option("SMTP_TIMEOUT"),
+        from_email=option("FROM_EMAIL"),
+    )
+
+
+def _merge(row: NotificationSettings, password: str) -> SmtpSettings:
+    defaults = environment_defaults()
+    use_ssl = defaults.use_ssl if row.use_ssl is None else row.use_ssl
+    use_tls = defaults.use_tls if row.use_tls is None else row.use_tls
+    return replace(
+        defaults,
+        host=row.smtp_host or defaults.host,
+        port=row.smtp_port or defaults.port,
+        use_tls=use_tls and not use_ssl,
+        use_ssl=use_ssl,
+        timeout=row.timeout or defaults.timeout,
+        from_email=row.from_email or defaults.from_email,
+        username=row.smtp_username,
+        password=password,
+    )
+
+
+def audit(actor: str, action: str, *, purpose: str = "", fields=(), outcome: str = "") -> None:
+    AuditLogEntry.objects.create(
+        actor=actor,
+        action=action,
+        purpose=purpose[:255],
+        fields=list(fields),
+        outcome=outcome[:255],
+    )
+
+
+def decrypt_secret(token: str, context: str, *, actor: str, purpose: str) -> str:
+    """Decrypt one stored secret, leaving an audit entry whatever the outcome."""
+    try:
+        value = crypto.decrypt(token, context=context)
+    except ConfigurationError as error:
+        audit(
+            actor, AuditLogEntry.Action.DECRYPT, purpose=purpose, fields=[context], outcome="failed"
+        )
+        logger.critical("ALERT: %s (actor %s, purpose %s)", error, actor, purpose)
+        raise
+    audit(actor, AuditLogEntry.Action.DECRYPT, purpose=purpose, fields=[context], outcome="ok")
+    return value
+
+
+def current_smtp_settings(*, actor: str = "email_service", purpose: str = "send email"):
+    """The SMTP settings in force now; SmtpConfigurationError if the password cannot be read."""
+    row = NotificationSettings.objects.filter(pk=NotificationSettings.SINGLETON_ID).first()
+    if row is None:
+        return _merge(NotificationSettings(), "")
+    stamp = (row.version, row.updated_at)
+    cached = _cache.get(actor)
+    if cached and cached[0] == stamp:
+        return cached[1]
+    password = ""
+    if row.smtp_password_encrypted:
+        try:
+            password = decrypt_secret(
+                row.smtp_password_encrypted, PASSWORD_CONTEXT, actor=actor, purpose=purpose
+            )
+        except ConfigurationError as error:
+            raise SmtpConfigurationError(str(error)) from None
+    merged = _merge(row, password)
+    _cache[actor] = (stamp, merged)
+    return merged
+
+
+def default_from_email() -> str:
+    row = (
+        NotificationSettings.objects.filter(pk=NotificationSettings.SINGLETON_ID)
+        .values_list("from_email", flat=True)
+        .first()
+    )
+    return row or option("FROM_EMAIL")
+
+
+def update_settings(
+    *,
+    actor: str,
+    changes: dict | None = None,
+    smtp_password: str | object | None = None,
+    telegram_bot_token: str | object | None = None,
+) -> NotificationSettings:
+    """Save plain fields and secrets (None keeps a secret, CLEAR removes it) and audit the names."""
+    changes = changes or {}
+    unknown = set(changes) - set(PLAIN_FIELDS)
+    if unknown:
+        raise ValueError(f"not settings fields: {sorted(unknown)}")
+    with transaction.atomic():
+        row, _ = NotificationSettings.objects.select_for_update().get_or_create(
+            pk=NotificationSettings.SINGLETON_ID
+        )
+        changed = [name for name, value in changes.items() if getattr(row, name) != value]
+        for name in changed:
+            setattr(row, name, changes[name])
+        for field, context, secret in (
+            ("smtp_password_encrypted", PASSWORD_CONTEXT, smtp_password),
+            ("telegram_bot_token_encrypted", TELEGRAM_CONTEXT, telegram_bot_token),
+        ):
+            if secret is CLEAR and getattr(row, field):
+                setattr(row, field, "")
+                changed.append(field.removesuffix("_encrypted"))
+            elif isinstance(secret, str) and secret:
+                setattr(row, field, crypto.encrypt(secret, context=context))
+                changed.append(field.removesuffix("_encrypted"))
+        if changed:
+            row.updated_by = actor
+            row.version = F("version") + 1
+            row.save()
+            row.refresh_from_db()
+            audit(actor, AuditLogEntry.Action.CHANGE, fields=changed)
+    return row
