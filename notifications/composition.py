@@ -134,6 +134,7 @@ def job_fields(message: EmailMessage) -> dict:
 
     return {
         "from_email": message.from_email,
+        "recipient": recipients[0],
         "to": list(message.to),
         "cc": list(message.cc),
         "bcc": list(message.bcc),

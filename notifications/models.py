@@ -16,6 +16,7 @@ class EmailJob(models.Model):
 
     # What was asked for, kept for operators and search.
     from_email = models.CharField(max_length=320)
+    recipient = models.CharField(max_length=320, help_text="The first addressee, for lists.")
     to = models.JSONField(default=list)
     cc = models.JSONField(default=list, blank=True)
     bcc = models.JSONField(default=list, blank=True)
@@ -63,6 +64,7 @@ class EmailJob(models.Model):
             # Operators: lists by status and date, purges of old sent jobs.
             models.Index(fields=["status", "created_at"], name="emailjob_status_created"),
             models.Index(fields=["created_at"], name="emailjob_created"),
+            models.Index(fields=["recipient"], name="emailjob_recipient"),
         ]
         constraints = [
             models.CheckConstraint(

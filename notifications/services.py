@@ -256,6 +256,29 @@ def _release_expired_leases(now: datetime) -> list[int]:
     return released
 
 
-def dispatch_ids(job_ids: Sequence[int]) -> None:
-    """Publish these jobs now (used by operators' retry and by tests)."""
-    publishing.publish_jobs(list(job_ids))
+def retry_jobs(*, job_ids: Sequence[int]) -> int:
+    """Failed jobs back to pending with a fresh attempt budget, published on commit."""
+    now = timezone.now()
+    with transaction.atomic():
+        ids = list(
+            EmailJob.objects.filter(pk__in=job_ids, status=Status.FAILED).values_list(
+                "pk", flat=True
+            )
+        )
+        EmailJob.objects.filter(pk__in=ids, status=Status.FAILED).update(
+            status=Status.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            dispatched_at=now,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        transaction.on_commit(lambda: publishing.publish_jobs(ids))
+    return len(ids)
+
+
+def cancel_jobs(*, job_ids: Sequence[int]) -> int:
+    """Pending jobs become cancelled; a job already being sent is left to finish."""
+    return EmailJob.objects.filter(pk__in=job_ids, status=Status.PENDING).update(
+        status=Status.CANCELLED, updated_at=timezone.now()
+    )
