@@ -129,7 +129,9 @@ NOTIFICATIONS = {
 # Secrets in the database are encrypted with this key (base64 of 32 bytes; several, comma-separated,
 # while rotating: the first encrypts) or with the keys in this file, created in development.
 EMAIL_ENCRYPTION_KEY = env.str("EMAIL_ENCRYPTION_KEY", default="")
-EMAIL_ENCRYPTION_KEY_FILE = env.path("EMAIL_ENCRYPTION_KEY_FILE", default=VAR_DIR / "encryption.key")
+EMAIL_ENCRYPTION_KEY_FILE = env.path(
+    "EMAIL_ENCRYPTION_KEY_FILE", default=VAR_DIR / "encryption.key"
+)
 # SMTP credentials belong in the encrypted settings row; these are read only to refuse or migrate.
 SMTP_USERNAME_IN_ENV = "SMTP_USERNAME" in env.ENVIRON
 SMTP_PASSWORD_IN_ENV = "SMTP_PASSWORD" in env.ENVIRON
