@@ -7,8 +7,14 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vertex_email.settings")
+    import django
     from django.core.management import execute_from_command_line
 
+    django.setup()
+    from notifications.startup import command_is_allowed, exit_if_unsafe
+
+    if not command_is_allowed(sys.argv):
+        exit_if_unsafe("manage.py", print_warnings=False)  # Django's checks print warnings
     execute_from_command_line(sys.argv)
 
 

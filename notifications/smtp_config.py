@@ -8,12 +8,14 @@ connection and one audited decryption.
 import logging
 from dataclasses import replace
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
 
 from . import crypto
+from .composition import envelope_address
 from .conf import SmtpSettings, option
-from .exceptions import ConfigurationError, SmtpConfigurationError
+from .exceptions import ConfigurationError, EmailRejected, SmtpConfigurationError
 from .models import AuditLogEntry, NotificationSettings
 
 logger = logging.getLogger(__name__)
@@ -129,6 +131,30 @@ def default_from_email() -> str:
     return row or option("FROM_EMAIL")
 
 
+def validate_changes(changes: dict) -> None:
+    """Raise ValidationError (by field) for values the settings row must not hold."""
+    errors = {}
+    port = changes.get("smtp_port")
+    if port is not None and not 1 <= int(port) <= 65535:
+        errors["smtp_port"] = "The port must be between 1 and 65535."
+    if changes.get("use_tls") and changes.get("use_ssl"):
+        errors["use_ssl"] = (
+            "Choose STARTTLS or SSL/TLS, not both: port 587 usually means STARTTLS, 465 SSL/TLS."
+        )
+    if changes.get("from_email"):
+        try:
+            envelope_address("from_email", changes["from_email"])
+        except EmailRejected as error:
+            errors["from_email"] = str(error)
+    for address in changes.get("admin_emails") or []:
+        try:
+            envelope_address("admin_emails", address)
+        except EmailRejected as error:
+            errors["admin_emails"] = str(error)
+    if errors:
+        raise ValidationError(errors)
+
+
 def update_settings(
     *,
     actor: str,
@@ -145,6 +171,7 @@ def update_settings(
         row, _ = NotificationSettings.objects.select_for_update().get_or_create(
             pk=NotificationSettings.SINGLETON_ID
         )
+        validate_changes({name: getattr(row, name) for name in PLAIN_FIELDS} | changes)
         changed = [name for name, value in changes.items() if getattr(row, name) != value]
         for name in changed:
             setattr(row, name, changes[name])

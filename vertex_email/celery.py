@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_process_shutdown, worker_ready
+from celery.signals import beat_init, worker_init, worker_process_shutdown, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vertex_email.settings")
 
@@ -22,6 +22,14 @@ def _schedule_recovery(sender: Celery, **kwargs) -> None:
         sender.signature("notifications.tasks.recover_jobs"),
         name="recover email jobs",
     )
+
+
+@worker_init.connect
+@beat_init.connect
+def _refuse_unsafe_configuration(sender=None, **kwargs) -> None:
+    from notifications.startup import exit_if_unsafe
+
+    exit_if_unsafe("celery")
 
 
 @worker_ready.connect

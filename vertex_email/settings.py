@@ -132,9 +132,11 @@ EMAIL_ENCRYPTION_KEY = env.str("EMAIL_ENCRYPTION_KEY", default="")
 EMAIL_ENCRYPTION_KEY_FILE = env.path(
     "EMAIL_ENCRYPTION_KEY_FILE", default=VAR_DIR / "encryption.key"
 )
-# SMTP credentials belong in the encrypted settings row; these are read only to refuse or migrate.
-SMTP_USERNAME_IN_ENV = "SMTP_USERNAME" in env.ENVIRON
-SMTP_PASSWORD_IN_ENV = "SMTP_PASSWORD" in env.ENVIRON
+# SMTP credentials belong in the encrypted settings row. These are read only so that production
+# can refuse to start while they are set, and `smtp_settings import-env` can move them into the
+# row. (Django's error pages mask settings whose names contain PASS.)
+SMTP_USERNAME_FROM_ENV = env.str("SMTP_USERNAME", default=None)
+SMTP_PASSWORD_FROM_ENV = env.str("SMTP_PASSWORD", default=None)
 
 # --- Celery ---------------------------------------------------------------------------------
 EMAIL_QUEUE_WORKERS = env.int("EMAIL_QUEUE_WORKERS", default=3)
