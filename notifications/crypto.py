@@ -61,10 +61,14 @@ def _decode_key(text: str, source: str) -> bytes:
     return key
 
 
+def _key_texts(text: str) -> list[str]:
+    """One key per line (or comma-separated), the primary first; '#' starts a comment line."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    return [part.strip() for line in lines for part in line.split(",") if part.strip()]
+
+
 def parse_keys(text: str, source: str) -> KeyRing:
-    """One key per line (or comma-separated); the first is the primary. '#' starts a comment."""
-    lines = [part.strip() for line in text.splitlines() for part in line.split(",")]
-    keys = [_decode_key(line, source) for line in lines if line and not line.startswith("#")]
+    keys = [_decode_key(key_text, source) for key_text in _key_texts(text)]
     if not keys:
         raise EncryptionKeyError(f"{source} holds no encryption key")
     ring = {key_id(key): key for key in keys}
@@ -106,6 +110,17 @@ def write_key_file(path: Path, keys: list[str]) -> None:
         handle.write("# vertex_email encryption keys: the first encrypts, all decrypt.\n")
         handle.write("\n".join(keys) + "\n")
     os.replace(temporary, path)
+
+
+def prepend_key_to_file(key_text: str) -> None:
+    """Make `key_text` the primary key of the key file, keeping the others for decryption."""
+    path = key_file_path()
+    write_key_file(path, [key_text, *_key_texts(path.read_text())])
+
+
+def keep_only_primary_key_in_file() -> None:
+    path = key_file_path()
+    write_key_file(path, _key_texts(path.read_text())[:1])
 
 
 def encrypt(plaintext: str, *, context: str, ring: KeyRing | None = None) -> str:

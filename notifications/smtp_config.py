@@ -59,7 +59,7 @@ def environment_defaults() -> SmtpSettings:
     )
 
 
-def _merge(row: NotificationSettings, password: str) -> SmtpSettings:
+def merge_settings(row: NotificationSettings, password: str) -> SmtpSettings:
     defaults = environment_defaults()
     use_ssl = defaults.use_ssl if row.use_ssl is None else row.use_ssl
     use_tls = defaults.use_tls if row.use_tls is None else row.use_tls
@@ -104,7 +104,7 @@ def current_smtp_settings(*, actor: str = "email_service", purpose: str = "send 
     """The SMTP settings in force now; SmtpConfigurationError if the password cannot be read."""
     row = NotificationSettings.objects.filter(pk=NotificationSettings.SINGLETON_ID).first()
     if row is None:
-        return _merge(NotificationSettings(), "")
+        return merge_settings(NotificationSettings(), "")
     stamp = (row.version, row.updated_at)
     cached = _cache.get(actor)
     if cached and cached[0] == stamp:
@@ -117,7 +117,7 @@ def current_smtp_settings(*, actor: str = "email_service", purpose: str = "send 
             )
         except ConfigurationError as error:
             raise SmtpConfigurationError(str(error)) from None
-    merged = _merge(row, password)
+    merged = merge_settings(row, password)
     _cache[actor] = (stamp, merged)
     return merged
 
@@ -192,3 +192,53 @@ def update_settings(
             row.refresh_from_db()
             audit(actor, AuditLogEntry.Action.CHANGE, fields=changed)
     return row
+
+
+SECRET_FIELDS = (
+    ("smtp_password_encrypted", PASSWORD_CONTEXT),
+    ("telegram_bot_token_encrypted", TELEGRAM_CONTEXT),
+)
+
+
+def secrets_needing_rotation(ring: crypto.KeyRing) -> list[str]:
+    """Names of the stored secrets not encrypted under the ring's primary key."""
+    row = load_row()
+    return [
+        field
+        for field, _ in SECRET_FIELDS
+        if getattr(row, field) and crypto.token_key_id(getattr(row, field)) != ring.primary_id
+    ]
+
+
+def reencrypt_secrets(*, ring: crypto.KeyRing, actor: str) -> list[str]:
+    """Re-encrypt every stored secret under the ring's primary key; returns the fields changed."""
+    with transaction.atomic():
+        row = NotificationSettings.objects.select_for_update().filter(pk=1).first()
+        if row is None:
+            return []
+        changed = []
+        for field, context in SECRET_FIELDS:
+            token = getattr(row, field)
+            if not token or crypto.token_key_id(token) == ring.primary_id:
+                continue
+            plaintext = crypto.decrypt(token, context=context, ring=ring)
+            audit(
+                actor,
+                AuditLogEntry.Action.DECRYPT,
+                purpose="key rotation",
+                fields=[context],
+                outcome="ok",
+            )
+            setattr(row, field, crypto.encrypt(plaintext, context=context, ring=ring))
+            changed.append(field)
+        if changed:
+            row.version = F("version") + 1
+            row.updated_by = actor
+            row.save()
+            audit(
+                actor,
+                AuditLogEntry.Action.ROTATE,
+                fields=changed,
+                outcome=f"now under key {ring.primary_id}",
+            )
+    return changed

@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 
 @dataclass
@@ -76,10 +77,27 @@ class SinkHandler:
             return Counter(received.message_id for received in self.messages)
 
 
+class Credentials:
+    """An authenticator that accepts one username and password (AUTH over plain TCP, for tests)."""
+
+    def __init__(self, username: str, password: str):
+        self.username, self.password = username.encode(), password.encode()
+        self.failures = 0
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        if (auth_data.login, auth_data.password) == (self.username, self.password):
+            return AuthResult(success=True)
+        self.failures += 1
+        return AuthResult(success=False, handled=False)  # handled=False: reply 535
+
+
 class SmtpSink:
-    def __init__(self, port: int):
+    def __init__(self, port: int, credentials: Credentials | None = None):
         self.handler = SinkHandler()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=port)
+        auth = {"authenticator": credentials, "auth_require_tls": False, "auth_required": True}
+        self.controller = Controller(
+            self.handler, hostname="127.0.0.1", port=port, **(auth if credentials else {})
+        )
         self.port = port
 
     def start(self) -> None:
