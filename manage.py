@@ -11,10 +11,12 @@ def main() -> None:
     from django.core.management import execute_from_command_line
 
     django.setup()
+    from notifications.checks import tolerate_credentials_in_environment
     from notifications.startup import command_is_allowed, exit_if_unsafe
 
-    if not command_is_allowed(sys.argv):
-        exit_if_unsafe("manage.py", print_warnings=False)  # Django's checks print warnings
+    if command_is_allowed(sys.argv):
+        tolerate_credentials_in_environment()
+    exit_if_unsafe("manage.py", print_warnings=False)  # Django's checks print the warnings
     execute_from_command_line(sys.argv)
 
 

@@ -17,6 +17,14 @@ MIGRATE_HINT = (
 )
 
 
+_tolerated = {"credentials_in_environment": False}
+
+
+def tolerate_credentials_in_environment() -> None:
+    """For the commands that must run while they are set: `migrate` and `import-env`."""
+    _tolerated["credentials_in_environment"] = True
+
+
 @register(Tags.security, deploy=False)
 def check_no_smtp_credentials_in_environment(app_configs=None, **kwargs):
     names = [
@@ -33,7 +41,7 @@ def check_no_smtp_credentials_in_environment(app_configs=None, **kwargs):
         f"{' and '.join(names)} set in the environment: SMTP credentials belong encrypted in "
         "the database."
     )
-    if settings.IS_PRODUCTION:
+    if settings.IS_PRODUCTION and not _tolerated["credentials_in_environment"]:
         return [Error(message, hint=MIGRATE_HINT, id="notifications.E001")]
     return [Warning(message, hint=MIGRATE_HINT, id="notifications.W001")]
 

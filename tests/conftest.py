@@ -7,6 +7,7 @@ from urllib.parse import quote
 import pytest
 from django.db import connection
 
+from notifications import smtp_config
 from notifications.smtp import client as smtp_client
 from tests.support.processes import CeleryWorker, RedisServer, free_port
 from tests.support.smtp_sink import SmtpSink
@@ -61,6 +62,7 @@ def smtp(smtp_sink, settings):
     smtp_sink.handler.reset()
     settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "SMTP_PORT": smtp_sink.port}
     smtp_client.close()
+    smtp_config._cache.clear()
     yield smtp_sink.handler
     smtp_client.close()
 
