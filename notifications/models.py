@@ -95,7 +95,11 @@ class EmailAttempt(models.Model):
 
     class Meta:
         ordering = ["job_id", "number"]
-        indexes = [models.Index(fields=["job", "number"], name="emailattempt_job_number")]
+        indexes = [
+            models.Index(fields=["job", "number"], name="emailattempt_job_number"),
+            # Stats and alerts: attempts by outcome over the last hour, the latest errors.
+            models.Index(fields=["started_at", "outcome"], name="emailattempt_started_outcome"),
+        ]
 
     def __str__(self) -> str:
         return f"Attempt {self.number} of job #{self.job_id}: {self.outcome}"

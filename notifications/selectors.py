@@ -1,17 +1,90 @@
-"""Reads of the queue for operators: counts by status and the age of the oldest pending job."""
+"""Reads of the queue for operators: counts, ages, rates over a window, the latest errors.
+
+Every query here is served by an index (see the models' Meta), so the answers stay fast on a
+table of millions of jobs.
+"""
+
+from datetime import timedelta
 
 from django.db.models import Count, Min
 from django.utils import timezone
 
-from .models import EmailJob
+from .models import EmailAttempt, EmailJob
+
+FAILURE_OUTCOMES = (
+    EmailAttempt.Outcome.RETRY,
+    EmailAttempt.Outcome.FAILED,
+    EmailAttempt.Outcome.DEFERRED,
+    EmailAttempt.Outcome.LOST,
+)
 
 
-def queue_stats() -> dict:
+def counts_by_status() -> dict[str, int]:
     counts = dict.fromkeys(EmailJob.Status.values, 0)
     for row in EmailJob.objects.order_by().values("status").annotate(n=Count("pk")):
         counts[row["status"]] = row["n"]
+    return counts
+
+
+def oldest_pending_age_seconds() -> float | None:
     oldest = EmailJob.objects.filter(status=EmailJob.Status.PENDING).aggregate(
         oldest=Min("created_at")
     )["oldest"]
-    age = (timezone.now() - oldest).total_seconds() if oldest else None
-    return {**counts, "oldest_pending_age_seconds": age}
+    return (timezone.now() - oldest).total_seconds() if oldest else None
+
+
+def attempt_outcomes(window: timedelta) -> dict[str, int]:
+    """Attempts per outcome that started within `window` of now."""
+    since = timezone.now() - window
+    counts = dict.fromkeys(EmailAttempt.Outcome.values, 0)
+    rows = (
+        EmailAttempt.objects.filter(started_at__gte=since)
+        .order_by()
+        .values("outcome")
+        .annotate(n=Count("pk"))
+    )
+    for row in rows:
+        counts[row["outcome"]] = row["n"]
+    return counts
+
+
+def failure_rate(outcomes: dict[str, int]) -> float:
+    """Failed attempts (transient, permanent, configuration, lost) over all attempts; 0 if none."""
+    total = sum(outcomes.values())
+    return sum(outcomes[o] for o in FAILURE_OUTCOMES) / total if total else 0.0
+
+
+def recent_errors(limit: int = 10) -> list[dict]:
+    rows = (
+        EmailAttempt.objects.filter(outcome__in=FAILURE_OUTCOMES)
+        .order_by("-started_at")
+        .values("job_id", "started_at", "smtp_code", "error", "outcome")[:limit]
+    )
+    return [
+        {
+            "job_id": row["job_id"],
+            "time": row["started_at"].isoformat(),
+            "code": row["smtp_code"],
+            "error": row["error"],
+            "outcome": row["outcome"],
+        }
+        for row in rows
+    ]
+
+
+def queue_stats(*, window: timedelta = timedelta(hours=1)) -> dict:
+    """Everything `email_queue stats` and the stats API show, in one dict."""
+    outcomes = attempt_outcomes(window)
+    return {
+        **counts_by_status(),
+        "oldest_pending_age_seconds": oldest_pending_age_seconds(),
+        "window_seconds": int(window.total_seconds()),
+        "sent_last_window": outcomes[EmailAttempt.Outcome.SENT],
+        "failed_last_window": outcomes[EmailAttempt.Outcome.FAILED],
+        "attempts_last_window": sum(outcomes.values()),
+        "attempt_outcomes_last_window": outcomes,
+        "failure_rate_last_window": round(failure_rate(outcomes), 4),
+        "throughput_per_second": round(
+            outcomes[EmailAttempt.Outcome.SENT] / window.total_seconds(), 3
+        ),
+    }
