@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import publishing
+from . import metrics, publishing
 from .composition import job_fields
 from .conf import get_smtp_settings, option
 from .exceptions import PermanentSendError, SendError, SmtpConfigurationError
@@ -194,6 +194,7 @@ def _settle(
             transaction.on_commit(
                 lambda: publishing.publish_jobs([job.pk], countdown=publish_countdown)
             )
+    metrics.observe_attempt(outcome=outcome, duration=duration)
     logger.info(
         "email job=%s attempt=%s outcome=%s code=%s duration=%.3fs%s",
         job.pk,
