@@ -203,6 +203,13 @@ def _settle(
         code,
         duration,
         f" error={error!r}" if error else "",
+        extra={
+            "job_id": job.pk,
+            "attempt": job.attempts,
+            "outcome": str(outcome),
+            "smtp_code": code,
+            "duration_seconds": round(duration, 4),
+        },
     )
     if not held:
         logger.warning("job %s was taken over while attempt %s ran", job.pk, job.attempts)
