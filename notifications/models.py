@@ -185,3 +185,27 @@ class AuditLogEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action}"
+
+
+class AlertEvent(models.Model):
+    """One alert or recovery notice, and how each channel took it: the alert history."""
+
+    class Kind(models.TextChoices):
+        FIRING = "firing", "Failure rate above the threshold"
+        RECOVERED = "recovered", "Recovered"
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    failure_rate = models.FloatField()
+    attempts = models.PositiveIntegerField()
+    threshold = models.FloatField()
+    window_minutes = models.PositiveIntegerField()
+    email_result = models.CharField(max_length=255, blank=True)
+    telegram_result = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        when = f"{self.created_at:%Y-%m-%d %H:%M}"
+        return f"{self.get_kind_display()} at {when} ({self.failure_rate:.0%})"

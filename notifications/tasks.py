@@ -22,3 +22,11 @@ def send_email(job_id: int) -> str | None:
 @shared_task(name="notifications.tasks.recover_jobs")
 def recover_jobs() -> dict[str, int]:
     return services.recover_jobs()
+
+
+@shared_task(name="notifications.tasks.evaluate_alerts")
+def evaluate_alerts() -> str | None:
+    from .alerts import evaluate_alerts as evaluate
+
+    event = evaluate()
+    return event.kind if event else None

@@ -22,6 +22,11 @@ def _schedule_recovery(sender: Celery, **kwargs) -> None:
         sender.signature("notifications.tasks.recover_jobs"),
         name="recover email jobs",
     )
+    sender.add_periodic_task(
+        settings.NOTIFICATIONS["ALERT_INTERVAL"],
+        sender.signature("notifications.tasks.evaluate_alerts"),
+        name="evaluate e-mail failure-rate alerts",
+    )
 
 
 @worker_init.connect

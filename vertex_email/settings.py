@@ -135,6 +135,9 @@ NOTIFICATIONS = {
     "SWEEP_INTERVAL": env.float("EMAIL_SWEEP_INTERVAL", default=15.0),
     "REDISPATCH_AFTER": env.float("EMAIL_REDISPATCH_AFTER", default=60.0),
     "SWEEP_BATCH": env.int("EMAIL_SWEEP_BATCH", default=5000),
+    "ALERT_INTERVAL": env.float("EMAIL_ALERT_INTERVAL", default=60.0),
+    "ALERT_COOLDOWN": env.float("EMAIL_ALERT_COOLDOWN", default=3600.0),
+    "TELEGRAM_API_BASE_URL": env.str("TELEGRAM_API_BASE_URL", default="https://api.telegram.org"),
 }
 # Secrets in the database are encrypted with this key (base64 of 32 bytes; several, comma-separated,
 # while rotating: the first encrypts) or with the keys in this file, created in development.
