@@ -1,9 +1,20 @@
 """Root URLs: the admin and the Prometheus metrics endpoint."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, reverse_lazy
+from django.views.generic import RedirectView
 
 urlpatterns = [
+    # A short address for the settings page; admin_view sends whoever isn't staff to the login.
+    path(
+        "admin/notification-settings/",
+        admin.site.admin_view(
+            RedirectView.as_view(
+                url=reverse_lazy("admin:notifications_notificationsettings_change", args=[1])
+            )
+        ),
+        name="notification_settings",
+    ),
     path("admin/", admin.site.urls),
     path("", include("django_prometheus.urls")),
 ]
