@@ -4,7 +4,8 @@ Every query here is served by an index (see the models' Meta), so the answers st
 table of millions of jobs.
 """
 
-from datetime import timedelta
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 
 from django.db.models import Count, Min
 from django.utils import timezone
@@ -88,3 +89,46 @@ def queue_stats(*, window: timedelta = timedelta(hours=1)) -> dict:
             outcomes[EmailAttempt.Outcome.SENT] / window.total_seconds(), 3
         ),
     }
+
+
+def failed_jobs(*, limit: int) -> list[dict]:
+    """The newest failed jobs, newest first by creation (the (status, created_at) index's order).
+
+    A job fails within minutes of being created (the retry delays are short), so creation order is
+    failure order for an operator's purposes, and it needs no index on `updated_at`.
+    """
+    return list(
+        EmailJob.objects.filter(status=EmailJob.Status.FAILED)
+        .order_by("-created_at", "-pk")
+        .values(
+            "id",
+            "recipient",
+            "subject",
+            "attempts",
+            "last_smtp_code",
+            "last_error",
+            "created_at",
+            "updated_at",
+        )[:limit]
+    )
+
+
+def failed_job_ids(*, limit: int) -> list[int]:
+    """Ids of up to `limit` failed jobs, oldest first, so a retry keeps the original order."""
+    return list(
+        EmailJob.objects.filter(status=EmailJob.Status.FAILED)
+        .order_by("created_at", "pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+def job_statuses(*, job_ids: Iterable[int]) -> dict[int, str]:
+    """The status of each job that exists among `job_ids`."""
+    return dict(EmailJob.objects.filter(pk__in=job_ids).order_by().values_list("pk", "status"))
+
+
+def job_count(*, status: str, created_before: datetime | None = None) -> int:
+    jobs = EmailJob.objects.filter(status=status)
+    if created_before is not None:
+        jobs = jobs.filter(created_at__lt=created_before)
+    return jobs.count()

@@ -7,7 +7,7 @@ attempt number is the fencing token with which the holder settles it.
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 from django.core.mail import EmailMessage
@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import metrics, publishing
+from . import metrics, publishing, selectors
 from .composition import job_fields
 from .conf import get_smtp_settings, option
 from .exceptions import PermanentSendError, SendError, SmtpConfigurationError
@@ -290,3 +290,58 @@ def cancel_jobs(*, job_ids: Sequence[int]) -> int:
     return EmailJob.objects.filter(pk__in=job_ids, status=Status.PENDING).update(
         status=Status.CANCELLED, updated_at=timezone.now()
     )
+
+
+def retry_failed_jobs(
+    *, limit: int, batch_size: int = 5000, on_batch: Callable[[int], None] | None = None
+) -> int:
+    """Up to `limit` failed jobs, oldest first, back to pending: one short transaction a batch."""
+    job_ids = selectors.failed_job_ids(limit=limit)
+    retried = 0
+    for start in range(0, len(job_ids), batch_size):
+        batch = job_ids[start : start + batch_size]
+        retried += retry_jobs(job_ids=batch)
+        if on_batch:
+            on_batch(len(batch))
+    return retried
+
+
+PURGEABLE = (Status.SENT, Status.FAILED, Status.CANCELLED)
+
+
+def purge_jobs(
+    *,
+    status: str,
+    created_before: datetime,
+    batch_size: int = 5000,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, int]:
+    """Delete finished jobs created before a time, with their attempts, a batch a transaction.
+
+    Batches are taken in (status, created_at) index order and each is deleted in its own short
+    transaction, so workers and the admin wait at most for one batch, never for the whole purge.
+    """
+    if status not in PURGEABLE:
+        raise ValueError(f"only sent, failed or cancelled jobs can be purged, not {status!r}")
+    old = EmailJob.objects.filter(status=status, created_at__lt=created_before)
+    deleted = {"jobs": 0, "attempts": 0}
+    since = None
+    while True:
+        with transaction.atomic():
+            # Locked rows cannot be retried (failed -> pending) between this read and the delete.
+            batch = (old.filter(created_at__gte=since) if since else old).select_for_update()
+            rows = list(batch.order_by("created_at").values_list("pk", "created_at")[:batch_size])
+            if not rows:
+                return deleted
+            job_ids = [pk for pk, _ in rows]
+            deleted["attempts"] += _delete(EmailAttempt.objects.filter(job_id__in=job_ids))
+            deleted["jobs"] += _delete(EmailJob.objects.filter(pk__in=job_ids))
+        # Continue from the last creation time instead of rescanning deleted index entries.
+        since = rows[-1][1]
+        if on_batch:
+            on_batch(len(job_ids))
+
+
+def _delete(rows) -> int:
+    """One DELETE statement: these rows have no dependants left and no delete signals."""
+    return rows._raw_delete(rows.db)
