@@ -16,5 +16,6 @@ urlpatterns = [
         name="notification_settings",
     ),
     path("admin/", admin.site.urls),
+    path("api/", include("notifications.urls")),
     path("", include("django_prometheus.urls")),
 ]
