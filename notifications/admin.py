@@ -1,23 +1,60 @@
-"""The admin: the settings page with write-only secrets and the test e-mail."""
+"""The admin: the settings page with write-only secrets, read-mostly jobs, a read-only audit log."""
 
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import QuerySet
 from django.shortcuts import redirect
+from django.template.defaultfilters import filesizeformat
 from django.urls import path, reverse
 from django.utils.decorators import method_decorator
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.text import Truncator
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
-from . import smtp_config
+from . import services, smtp_config
 from .forms import SECRETS, NotificationSettingsForm, TestEmailForm
-from .models import NotificationSettings
+from .models import AuditLogEntry, EmailAttempt, EmailJob, NotificationSettings
 from .test_email import send_test_email
 
 SEND_TEST_EMAIL_PERMISSION = "notifications.send_test_email"
+BODY_PREVIEW_CHARACTERS = 2000
 
 
 def actor(request) -> str:
     return f"admin:{request.user.get_username()}"
+
+
+def jobs(count: int) -> str:
+    return f"{count} job{'' if count == 1 else 's'}"
+
+
+class CappedCountPaginator(Paginator):
+    """Counts at most `cap` rows: a COUNT(*) over every job on each page view does not scale.
+
+    Past the cap the list shows "more than 10000" and its first 10000 rows; filters and search
+    reach the rest.
+    """
+
+    cap = 10_000
+
+    @cached_property
+    def _counted(self) -> int:
+        if not isinstance(self.object_list, QuerySet):
+            return super().count
+        return self.object_list[: self.cap + 1].count()  # COUNT over a LIMIT subquery
+
+    @cached_property
+    def count(self) -> int:
+        return min(self._counted, self.cap)
+
+    @property
+    def capped(self) -> bool:
+        return self._counted > self.cap
 
 
 # --- Notification settings -------------------------------------------------------------------
@@ -129,3 +166,197 @@ class NotificationSettingsAdmin(admin.ModelAdmin):
                 request, result.message, messages.SUCCESS if result.ok else messages.ERROR
             )
         return redirect(self.settings_url())
+
+
+# --- Jobs ------------------------------------------------------------------------------------
+
+
+class EmailAttemptInline(admin.TabularInline):
+    model = EmailAttempt
+    fields = ("number", "started_at", "duration_seconds", "outcome", "smtp_code", "error")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_view_permission(self, request, obj=None):
+        # Attempts belong to their job: whoever may see the job sees them.
+        opts = EmailJob._meta
+        return any(
+            request.user.has_perm(f"{opts.app_label}.{get_permission_codename(action, opts)}")
+            for action in ("view", "change")
+        )
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+LIST_COLUMNS = (
+    "id",
+    "recipient",
+    "subject",
+    "status",
+    "attempts",
+    "created_at",
+    "sent_at",
+    "last_error",
+)
+
+
+class EmailJobChangeList(ChangeList):
+    def get_queryset(self, request, exclude_parameters=None):
+        # Only the listed columns: never the MIME bytes or bodies of a page of jobs.
+        return super().get_queryset(request, exclude_parameters).only(*LIST_COLUMNS)
+
+
+@admin.register(EmailJob)
+class EmailJobAdmin(admin.ModelAdmin):
+    """Jobs are read-only records; the actions retry or cancel them through the services."""
+
+    list_display = (
+        "id",
+        "recipient",
+        "short_subject",
+        "status",
+        "attempts",
+        "created_at",
+        "sent_at",
+        "short_last_error",
+    )
+    list_filter = ("status", "created_at")
+    search_fields = ("=message_id", "recipient", "subject")
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # per-filter counts are full scans too
+    paginator = CappedCountPaginator
+    actions = ("retry_failed", "cancel_pending")
+    inlines = (EmailAttemptInline,)
+    fieldsets = (
+        (
+            "Message",
+            {
+                "fields": (
+                    "message_id",
+                    "from_email",
+                    "to",
+                    "cc",
+                    "bcc",
+                    "reply_to",
+                    "subject",
+                    "body_preview",
+                    "html_size",
+                    "attachments",
+                    "headers",
+                    "message_size",
+                )
+            },
+        ),
+        (
+            "Delivery",
+            {
+                "fields": (
+                    "status",
+                    "attempts",
+                    "next_attempt_at",
+                    "last_smtp_code",
+                    "last_error",
+                    "smtp_response",
+                    "refused_recipients",
+                    "envelope_from",
+                    "envelope_recipients",
+                    "created_at",
+                    "updated_at",
+                    "sent_at",
+                )
+            },
+        ),
+    )
+    readonly_fields = ("body_preview", "html_size", "message_size")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("mime_message")
+
+    def get_changelist(self, request, **kwargs):
+        return EmailJobChangeList
+
+    def has_add_permission(self, request):
+        return False  # jobs come from send_mail(), never from a form
+
+    def has_change_permission(self, request, obj=None):
+        # The list's actions need "change"; a job's own fields are never edited.
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # a job is a record of what was sent; old ones are purged, not deleted
+
+    @admin.display(description="subject", ordering="subject")
+    def short_subject(self, job):
+        return Truncator(job.subject).chars(60)
+
+    @admin.display(description="last error")
+    def short_last_error(self, job):
+        return Truncator(job.last_error).chars(80)
+
+    @admin.display(description=f"body (first {BODY_PREVIEW_CHARACTERS} characters)")
+    def body_preview(self, job):
+        body = Truncator(job.body).chars(BODY_PREVIEW_CHARACTERS)
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', body) if body else "-"
+
+    @admin.display(description="HTML body")
+    def html_size(self, job):
+        return f"{len(job.html_body)} characters (not shown)" if job.html_body else "-"
+
+    @admin.display(description="MIME message")
+    def message_size(self, job):
+        return f"{filesizeformat(job.size_bytes)} ({job.size_bytes} bytes; not shown)"
+
+    @admin.action(description="Retry failed jobs", permissions=["change"])
+    def retry_failed(self, request, queryset):
+        selected = list(queryset.values_list("pk", flat=True))
+        retried = services.retry_jobs(job_ids=selected)
+        skipped = len(selected) - retried
+        text = f"{jobs(retried)} queued again."
+        if skipped:
+            text += f" {jobs(skipped)} not failed, left as they were."
+        self.message_user(request, text, messages.SUCCESS if retried else messages.WARNING)
+
+    @admin.action(description="Cancel pending jobs", permissions=["change"])
+    def cancel_pending(self, request, queryset):
+        selected = list(queryset.values_list("pk", flat=True))
+        cancelled = services.cancel_jobs(job_ids=selected)
+        skipped = len(selected) - cancelled
+        text = f"{jobs(cancelled)} cancelled."
+        if skipped:
+            text += f" {jobs(skipped)} not pending (sending, sent or done), left as they were."
+        self.message_user(request, text, messages.SUCCESS if cancelled else messages.WARNING)
+
+
+# --- Audit log -------------------------------------------------------------------------------
+
+
+@admin.register(AuditLogEntry)
+class AuditLogEntryAdmin(admin.ModelAdmin):
+    """Read-only for everyone, superusers included: the log is only ever appended to."""
+
+    list_display = ("created_at", "actor", "action", "purpose", "field_names", "outcome")
+    list_filter = ("action", "actor")
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = CappedCountPaginator
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="fields")
+    def field_names(self, entry):
+        return ", ".join(entry.fields)

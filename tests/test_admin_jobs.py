@@ -1,0 +1,222 @@
+"""The job admin: list, search, filters, actions, a read-only detail page; the audit log admin."""
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from notifications.admin import CappedCountPaginator
+from notifications.models import AuditLogEntry, EmailAttempt, EmailJob
+from notifications.smtp_config import audit
+from tests.factories import EmailJobFactory
+
+pytestmark = pytest.mark.django_db
+Status = EmailJob.Status
+JOBS_URL = "/admin/notifications/emailjob/"
+AUDIT_URL = "/admin/notifications/auditlogentry/"
+
+
+def job_url(job: EmailJob, view: str = "change") -> str:
+    return f"{JOBS_URL}{job.pk}/{view}/"
+
+
+def user_with(django_user_model, *codenames, username="staffer"):
+    user = django_user_model.objects.create_user(username, f"{username}@example.org", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    return user
+
+
+@pytest.fixture
+def failed_job():
+    job = EmailJobFactory(
+        index=1,
+        status=Status.FAILED,
+        attempts=2,
+        last_smtp_code=550,
+        last_error="550 5.1.1 <user1@example.org>: Recipient address rejected: " + "x" * 200,
+    )
+    now = timezone.now()
+    for number, outcome in ((1, EmailAttempt.Outcome.RETRY), (2, EmailAttempt.Outcome.FAILED)):
+        EmailAttempt.objects.create(
+            job=job, number=number, started_at=now, outcome=outcome, smtp_code=550, error="no"
+        )
+    return job
+
+
+def action(client, name: str, jobs: list[EmailJob]):
+    data = {"action": name, "_selected_action": [job.pk for job in jobs]}
+    return client.post(JOBS_URL, data, follow=True)
+
+
+def test_list_shows_the_columns_and_truncates_the_error(admin_client, failed_job):
+    page = admin_client.get(JOBS_URL).content.decode()
+    assert "user1@example.org" in page
+    assert "Message 1" in page
+    assert "Failed" in page
+    assert "550 5.1.1 &lt;user1@example.org&gt;: Recipient address rejected" in page
+    assert "x" * 100 not in page
+
+
+def test_list_never_counts_the_whole_table(admin_client, failed_job):
+    with CaptureQueriesContext(connection) as queries:
+        assert admin_client.get(JOBS_URL).status_code == 200
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert counts, "the paginator counts, with a limit"
+    assert all("LIMIT" in sql.upper() for sql in counts)
+    listed = next(q["sql"] for q in queries.captured_queries if '"subject"' in q["sql"])
+    assert '"mime_message"' not in listed  # a page of jobs does not load their MIME bytes
+
+
+def test_past_the_cap_the_list_says_more_than(admin_client, monkeypatch):
+    monkeypatch.setattr(CappedCountPaginator, "cap", 3)
+    for index in range(5):
+        EmailJobFactory(index=index)
+    page = admin_client.get(JOBS_URL).content.decode()
+    assert "More than 3 email jobs" in page
+
+
+def test_search_by_exact_message_id_recipient_and_subject(admin_client, failed_job):
+    other = EmailJobFactory(index=2)
+    for term in (failed_job.message_id, "user1@", "Message 1"):
+        page = admin_client.get(JOBS_URL, {"q": term}).content.decode()
+        assert job_url(failed_job) in page
+        assert job_url(other) not in page
+    partial = failed_job.message_id[:10]
+    assert job_url(failed_job) not in admin_client.get(JOBS_URL, {"q": partial}).content.decode()
+
+
+def test_filter_by_status_and_date(admin_client, failed_job):
+    pending = EmailJobFactory(index=2)
+    page = admin_client.get(JOBS_URL, {"status__exact": "failed"}).content.decode()
+    assert job_url(failed_job) in page
+    assert job_url(pending) not in page
+    today = timezone.now().date()
+    page = admin_client.get(JOBS_URL, {"created_at__gte": str(today)}).content.decode()
+    assert job_url(pending) in page
+
+
+def test_retry_failed_jobs_action(admin_client, failed_job):
+    pending = EmailJobFactory(index=2)
+    page = action(admin_client, "retry_failed", [failed_job, pending]).content.decode()
+    assert "1 job queued again. 1 job not failed, left as they were." in page
+    failed_job.refresh_from_db()
+    assert (failed_job.status, failed_job.attempts) == (Status.PENDING, 0)
+
+
+def test_cancel_pending_jobs_action(admin_client, failed_job):
+    pending = [EmailJobFactory(index=i) for i in (2, 3)]
+    page = action(admin_client, "cancel_pending", [*pending, failed_job]).content.decode()
+    assert "2 jobs cancelled. 1 job not pending" in page
+    assert EmailJob.objects.filter(status=Status.CANCELLED).count() == 2
+    failed_job.refresh_from_db()
+    assert failed_job.status == Status.FAILED
+
+
+def test_detail_page_is_read_only_with_attempts_and_no_mime_bytes(admin_client, failed_job):
+    page = admin_client.get(job_url(failed_job)).content.decode()
+    assert "View email job" in page
+    assert "Body of message 1" in page
+    assert f"({failed_job.size_bytes} bytes; not shown)" in page
+    assert "MIME-Version" not in page and "Content-Transfer-Encoding" not in page
+    assert "Transient failure, will retry" in page  # the attempt inline
+    assert 'name="_save"' not in page
+    assert 'name="status"' not in page
+
+
+def test_jobs_cannot_be_added_changed_or_deleted(admin_client, failed_job):
+    assert admin_client.get(f"{JOBS_URL}add/").status_code == 403
+    assert admin_client.post(job_url(failed_job), {"status": "sent"}).status_code == 403
+    assert admin_client.post(job_url(failed_job, "delete"), {"post": "yes"}).status_code == 403
+    page = admin_client.get(JOBS_URL).content.decode()
+    assert "delete_selected" not in page
+    failed_job.refresh_from_db()
+    assert failed_job.status == Status.FAILED
+
+
+def test_a_viewer_sees_jobs_but_gets_no_actions(client, django_user_model, failed_job):
+    client.force_login(user_with(django_user_model, "view_emailjob"))
+    page = client.get(JOBS_URL).content.decode()
+    assert "user1@example.org" in page
+    assert "Retry failed jobs" not in page
+    assert "Transient failure" in client.get(job_url(failed_job)).content.decode()
+    response = client.post(
+        JOBS_URL, {"action": "retry_failed", "_selected_action": [failed_job.pk]}
+    )
+    failed_job.refresh_from_db()
+    assert failed_job.status == Status.FAILED
+    assert response.status_code == 200  # the list again, nothing done
+
+
+# --- The audit log ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def entries():
+    audit("admin:alice", AuditLogEntry.Action.CHANGE, fields=["smtp_host", "smtp_password"])
+    audit("email_service", AuditLogEntry.Action.DECRYPT, purpose="send email", outcome="ok")
+    return list(AuditLogEntry.objects.order_by("id"))
+
+
+def test_audit_log_lists_and_filters(admin_client, entries):
+    page = admin_client.get(AUDIT_URL).content.decode()
+    assert "smtp_host, smtp_password" in page
+    assert "email_service" in page
+    page = admin_client.get(AUDIT_URL, {"action__exact": "decrypt"}).content.decode()
+    assert f"{AUDIT_URL}{entries[1].pk}/change/" in page
+    assert f"{AUDIT_URL}{entries[0].pk}/change/" not in page
+    page = admin_client.get(AUDIT_URL, {"actor": "admin:alice"}).content.decode()
+    assert f"{AUDIT_URL}{entries[0].pk}/change/" in page
+    assert f"{AUDIT_URL}{entries[1].pk}/change/" not in page
+
+
+def test_audit_log_is_read_only_even_for_superusers(admin_client, entries):
+    entry = entries[0]
+    assert admin_client.get(f"{AUDIT_URL}add/").status_code == 403
+    assert admin_client.post(f"{AUDIT_URL}add/", {"actor": "x"}).status_code == 403
+    assert admin_client.post(f"{AUDIT_URL}{entry.pk}/change/", {"actor": "x"}).status_code == 403
+    assert admin_client.get(f"{AUDIT_URL}{entry.pk}/delete/").status_code == 403
+    assert admin_client.post(f"{AUDIT_URL}{entry.pk}/delete/", {"post": "yes"}).status_code == 403
+    page = admin_client.get(AUDIT_URL).content.decode()
+    assert "delete_selected" not in page
+    entry.refresh_from_db()
+    assert entry.actor == "admin:alice"
+    assert AuditLogEntry.objects.count() == 2
+
+
+# --- Who may see them ------------------------------------------------------------------------
+
+
+def list_endpoints(job: EmailJob, entry: AuditLogEntry) -> list[tuple[str, str]]:
+    return [
+        ("get", JOBS_URL),
+        ("get", job_url(job)),
+        ("post", JOBS_URL),
+        ("get", AUDIT_URL),
+        ("get", f"{AUDIT_URL}{entry.pk}/change/"),
+    ]
+
+
+def test_anonymous_and_non_staff_are_sent_to_the_login(
+    client, django_user_model, failed_job, entries
+):
+    member = django_user_model.objects.create_user("member", password="x" * 12)
+    data = {"action": "retry_failed", "_selected_action": [failed_job.pk]}
+    for user in (None, member):
+        if user:
+            client.force_login(user)
+        for method, url in list_endpoints(failed_job, entries[0]):
+            response = getattr(client, method)(url, data)
+            assert response.status_code == 302, url
+            assert response.url.startswith("/admin/login/"), url
+    failed_job.refresh_from_db()
+    assert failed_job.status == Status.FAILED
+
+
+def test_staff_without_permissions_are_refused(client, django_user_model, failed_job, entries):
+    client.force_login(user_with(django_user_model))
+    data = {"action": "retry_failed", "_selected_action": [failed_job.pk]}
+    for method, url in list_endpoints(failed_job, entries[0]):
+        assert getattr(client, method)(url, data).status_code == 403, url
+    failed_job.refresh_from_db()
+    assert failed_job.status == Status.FAILED
