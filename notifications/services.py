@@ -343,5 +343,9 @@ def purge_jobs(
 
 
 def _delete(rows) -> int:
-    """One DELETE statement: these rows have no dependants left and no delete signals."""
+    """Delete in one statement; Django's collector fetches the rows first (a purge took 2x as long).
+
+    Safe because the attempts go first and nothing listens for their deletion; should a new model
+    point at EmailJob, the database's foreign key refuses the purge rather than orphaning rows.
+    """
     return rows._raw_delete(rows.db)

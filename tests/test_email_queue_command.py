@@ -241,6 +241,7 @@ def test_cancel_leaves_jobs_being_sent_and_says_so():
 # purge ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.django_db(transaction=True)  # each batch really commits, foreign keys checked
 def test_purge_deletes_only_old_jobs_of_the_status_and_their_attempts():
     old_sent = [aged(Status.SENT, 40, i) for i in range(5)]
     kept = [
