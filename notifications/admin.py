@@ -45,7 +45,7 @@ class CappedCountPaginator(Paginator):
     @cached_property
     def _counted(self) -> int:
         if not isinstance(self.object_list, QuerySet):
-            return super().count
+            return len(self.object_list)
         return self.object_list[: self.cap + 1].count()  # COUNT over a LIMIT subquery
 
     @cached_property
@@ -196,38 +196,21 @@ class EmailAttemptInline(admin.TabularInline):
         return False
 
 
-LIST_COLUMNS = (
-    "id",
-    "recipient",
-    "subject",
-    "status",
-    "attempts",
-    "created_at",
-    "sent_at",
-    "last_error",
-)
+LIST_COLUMNS = ("id", "recipient", "subject", "status", "attempts", "created_at", "sent_at")
 
 
 class EmailJobChangeList(ChangeList):
     def get_queryset(self, request, exclude_parameters=None):
         # Only the listed columns: never the MIME bytes or bodies of a page of jobs.
-        return super().get_queryset(request, exclude_parameters).only(*LIST_COLUMNS)
+        queryset = super().get_queryset(request, exclude_parameters)
+        return queryset.only(*LIST_COLUMNS, "last_error")
 
 
 @admin.register(EmailJob)
 class EmailJobAdmin(admin.ModelAdmin):
     """Jobs are read-only records; the actions retry or cancel them through the services."""
 
-    list_display = (
-        "id",
-        "recipient",
-        "short_subject",
-        "status",
-        "attempts",
-        "created_at",
-        "sent_at",
-        "short_last_error",
-    )
+    list_display = (*LIST_COLUMNS[:2], "short_subject", *LIST_COLUMNS[3:], "short_last_error")
     list_filter = ("status", "created_at")
     search_fields = ("=message_id", "recipient", "subject")
     show_full_result_count = False
@@ -236,44 +219,12 @@ class EmailJobAdmin(admin.ModelAdmin):
     actions = ("retry_failed", "cancel_pending")
     inlines = (EmailAttemptInline,)
     fieldsets = (
-        (
-            "Message",
-            {
-                "fields": (
-                    "message_id",
-                    "from_email",
-                    "to",
-                    "cc",
-                    "bcc",
-                    "reply_to",
-                    "subject",
-                    "body_preview",
-                    "html_size",
-                    "attachments",
-                    "headers",
-                    "message_size",
-                )
-            },
-        ),
-        (
-            "Delivery",
-            {
-                "fields": (
-                    "status",
-                    "attempts",
-                    "next_attempt_at",
-                    "last_smtp_code",
-                    "last_error",
-                    "smtp_response",
-                    "refused_recipients",
-                    "envelope_from",
-                    "envelope_recipients",
-                    "created_at",
-                    "updated_at",
-                    "sent_at",
-                )
-            },
-        ),
+        ("Message", {"fields": ("message_id", "from_email", "to", "cc", "bcc", "reply_to")}),
+        ("Content", {"fields": ("subject", "body_preview", "html_size", "attachments", "headers")}),
+        ("Delivery", {"fields": ("status", "attempts", "next_attempt_at", "last_smtp_code")}),
+        ("Server replies", {"fields": ("last_error", "smtp_response", "refused_recipients")}),
+        ("Envelope", {"fields": ("envelope_from", "envelope_recipients", "message_size")}),
+        ("Times", {"fields": ("created_at", "updated_at", "sent_at")}),
     )
     readonly_fields = ("body_preview", "html_size", "message_size")
 
@@ -312,27 +263,25 @@ class EmailJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="MIME message")
     def message_size(self, job):
-        return f"{filesizeformat(job.size_bytes)} ({job.size_bytes} bytes; not shown)"
+        return f"{filesizeformat(job.size_bytes)}; not shown"
 
     @admin.action(description="Retry failed jobs", permissions=["change"])
     def retry_failed(self, request, queryset):
         selected = list(queryset.values_list("pk", flat=True))
         retried = services.retry_jobs(job_ids=selected)
-        skipped = len(selected) - retried
-        text = f"{jobs(retried)} queued again."
-        if skipped:
-            text += f" {jobs(skipped)} not failed, left as they were."
-        self.message_user(request, text, messages.SUCCESS if retried else messages.WARNING)
+        self._report(request, retried, len(selected), "queued again", "not failed")
 
     @admin.action(description="Cancel pending jobs", permissions=["change"])
     def cancel_pending(self, request, queryset):
         selected = list(queryset.values_list("pk", flat=True))
         cancelled = services.cancel_jobs(job_ids=selected)
-        skipped = len(selected) - cancelled
-        text = f"{jobs(cancelled)} cancelled."
-        if skipped:
-            text += f" {jobs(skipped)} not pending (sending, sent or done), left as they were."
-        self.message_user(request, text, messages.SUCCESS if cancelled else messages.WARNING)
+        self._report(request, cancelled, len(selected), "cancelled", "not pending")
+
+    def _report(self, request, done: int, selected: int, what: str, why_not: str) -> None:
+        text = f"{jobs(done)} {what}."
+        if selected > done:
+            text += f" {jobs(selected - done)} {why_not}, left as they were."
+        self.message_user(request, text, messages.SUCCESS if done else messages.WARNING)
 
 
 # --- Audit log -------------------------------------------------------------------------------
