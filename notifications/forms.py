@@ -109,7 +109,8 @@ class NotificationSettingsForm(forms.ModelForm):
             ]
 
     def clean_admin_emails(self) -> list[str]:
-        addresses = [a for a in re.split(r"[,;\s]+", self.cleaned_data["admin_emails"]) if a]
+        text = self.cleaned_data["admin_emails"]
+        addresses = [part.strip() for part in re.split(r"[,;\n]", text) if part.strip()]
         errors = []
         for address in addresses:
             try:

@@ -174,7 +174,7 @@ def test_addresses_are_validated(admin_client):
 
 
 def test_alert_addresses_are_comma_separated_text(admin_client):
-    page = save(admin_client, admin_emails="a@example.org,b@example.org").content.decode()
+    page = save(admin_client, admin_emails=" a@example.org,b@example.org ,").content.decode()
     assert stored_row()["admin_emails"] == ["a@example.org", "b@example.org"]
     assert 'value="a@example.org, b@example.org"' in page
 
