@@ -41,6 +41,7 @@ class EmailJob(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField()
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    claim_token = models.CharField(max_length=32, blank=True, editable=False)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     last_smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)

@@ -1,27 +1,22 @@
-"""Writes and state changes of the queue: enqueue, claim, settle an attempt, recover.
+"""Writes and state changes of the queue outside sending: enqueue, recover, operator actions.
 
 State machine of a job: pending -> sending (claimed, attempts+1, leased) -> sent | failed |
-pending (retry later). A claim is one conditional UPDATE, so only one worker ever holds a job; the
-attempt number is the fencing token with which the holder settles it.
+pending (retry later); pending -> cancelled. Sending lives in delivery.py.
 """
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 from django.core.mail import EmailMessage
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
-from . import metrics, publishing, selectors
+from . import publishing, selectors
 from .composition import job_fields
-from .conf import get_smtp_settings, option
-from .exceptions import PermanentSendError, SendError, SmtpConfigurationError
+from .conf import option
 from .models import EmailAttempt, EmailJob
-from .retry import retry_delay, should_retry
-from .smtp import client as smtp_client
+from .retry import should_retry
 
 logger = logging.getLogger(__name__)
 Status = EmailJob.Status
@@ -45,174 +40,6 @@ def enqueue_emails(*, messages: Iterable[EmailMessage]) -> list[EmailJob]:
 
 def enqueue_email(*, message: EmailMessage) -> EmailJob:
     return enqueue_emails(messages=[message])[0]
-
-
-def claim_job(*, job_id: int, now: datetime) -> EmailJob | None:
-    """Take a due pending job for sending; None when it is not pending, not due or gone."""
-    claimed = EmailJob.objects.filter(
-        pk=job_id, status=Status.PENDING, next_attempt_at__lte=now
-    ).update(
-        status=Status.SENDING,
-        attempts=F("attempts") + 1,
-        lease_expires_at=now + timedelta(seconds=option("LEASE_SECONDS")),
-        updated_at=now,
-    )
-    if not claimed:
-        return None
-    return EmailJob.objects.only(
-        "pk", "attempts", "envelope_from", "envelope_recipients", "mime_message"
-    ).get(pk=job_id)
-
-
-def deliver_job(*, job_id: int) -> str | None:
-    """Claim and send one job; returns the attempt's outcome, or None when nothing was claimed."""
-    job = claim_job(job_id=job_id, now=timezone.now())
-    if job is None:
-        _republish_if_early(job_id)
-        return None
-    started_at, started = timezone.now(), time.monotonic()
-    try:
-        result = smtp_client.send(
-            settings=get_smtp_settings(),
-            envelope_from=job.envelope_from,
-            recipients=job.envelope_recipients,
-            message=bytes(job.mime_message),
-        )
-    except SendError as error:
-        outcome = _settle_failure(job, error, started_at, time.monotonic() - started)
-    else:
-        outcome = Outcome.SENT
-        refused = {address: list(reply) for address, reply in result.refused.items()}
-        _settle(
-            job,
-            Outcome.SENT,
-            started_at,
-            time.monotonic() - started,
-            code=int(result.response[:3]),
-            error=_refusal_summary(refused),
-            status=Status.SENT,
-            sent_at=timezone.now(),
-            smtp_response=result.response,
-            refused_recipients=refused,
-        )
-    return outcome
-
-
-def _refusal_summary(refused: dict) -> str:
-    return "; ".join(f"{address}: {code} {text}" for address, (code, text) in refused.items())
-
-
-def _republish_if_early(job_id: int) -> None:
-    """A message that arrived before its job is due (clock skew) is sent back with a countdown."""
-    job = EmailJob.objects.filter(pk=job_id, status=Status.PENDING).only("next_attempt_at").first()
-    if job is not None:
-        wait = (job.next_attempt_at - timezone.now()).total_seconds()
-        if wait > 0:
-            publishing.publish_jobs([job_id], countdown=wait)
-
-
-def _settle_failure(job: EmailJob, error: SendError, started_at: datetime, duration: float) -> str:
-    now = timezone.now()
-    common = {"code": error.code, "error": str(error)}
-    if isinstance(error, SmtpConfigurationError):
-        # Our configuration, not the message: give the attempt back and wait for a fix.
-        delay = option("CONFIG_ERROR_DELAY")
-        logger.error("SMTP configuration error, job %s deferred %.0fs: %s", job.pk, delay, error)
-        _settle(
-            job,
-            Outcome.DEFERRED,
-            started_at,
-            duration,
-            **common,
-            status=Status.PENDING,
-            attempts=F("attempts") - 1,
-            next_attempt_at=now + timedelta(seconds=delay),
-            dispatched_at=now,
-            publish_countdown=delay,
-        )
-        return Outcome.DEFERRED
-    if isinstance(error, PermanentSendError) or not should_retry(
-        job.attempts, option("RETRY_MAX_ATTEMPTS")
-    ):
-        _settle(
-            job,
-            Outcome.FAILED,
-            started_at,
-            duration,
-            **common,
-            status=Status.FAILED,
-            refused_recipients={a: list(r) for a, r in error.refused.items()},
-        )
-        return Outcome.FAILED
-    delay = retry_delay(job.attempts, option("RETRY_DELAYS"))
-    _settle(
-        job,
-        Outcome.RETRY,
-        started_at,
-        duration,
-        **common,
-        status=Status.PENDING,
-        next_attempt_at=now + timedelta(seconds=delay),
-        dispatched_at=now,
-        publish_countdown=delay,
-    )
-    return Outcome.RETRY
-
-
-def _settle(
-    job: EmailJob,
-    outcome: str,
-    started_at: datetime,
-    duration: float,
-    *,
-    code: int | None,
-    error: str,
-    publish_countdown: float | None = None,
-    **changes,
-) -> None:
-    """Record the attempt and move the job on, but only if we still hold its claim."""
-    with transaction.atomic():
-        held = EmailJob.objects.filter(
-            pk=job.pk, status=Status.SENDING, attempts=job.attempts
-        ).update(
-            lease_expires_at=None,
-            last_smtp_code=code,
-            last_error=error,
-            updated_at=timezone.now(),
-            **changes,
-        )
-        EmailAttempt.objects.create(
-            job_id=job.pk,
-            number=job.attempts,
-            started_at=started_at,
-            duration_seconds=duration,
-            outcome=outcome,
-            smtp_code=code,
-            error=error,
-        )
-        if held and publish_countdown is not None:
-            transaction.on_commit(
-                lambda: publishing.publish_jobs([job.pk], countdown=publish_countdown)
-            )
-    metrics.observe_attempt(outcome=outcome, duration=duration)
-    logger.info(
-        "email job=%s attempt=%s outcome=%s code=%s duration=%.3fs%s",
-        job.pk,
-        job.attempts,
-        outcome,
-        code,
-        duration,
-        f" error={error!r}" if error else "",
-        extra={
-            "job_id": job.pk,
-            "attempt": job.attempts,
-            "outcome": str(outcome),
-            "smtp_code": code,
-            "duration_seconds": round(duration, 4),
-        },
-    )
-    if not held:
-        logger.warning("job %s was taken over while attempt %s ran", job.pk, job.attempts)
 
 
 def recover_jobs(*, now: datetime | None = None) -> dict[str, int]:

@@ -5,6 +5,7 @@ import logging
 import smtplib
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -195,4 +196,18 @@ class _BeforeData(Exception):
     """The connection failed before DATA began, so the server has nothing of this message."""
 
 
-client = SmtpClient()
+_local = threading.local()
+
+
+def get_client() -> SmtpClient:
+    """This thread's client: a prefork child has one, a thread pool one per thread."""
+    client = getattr(_local, "client", None)
+    if client is None:
+        client = _local.client = SmtpClient()
+    return client
+
+
+def close_client() -> None:
+    client = getattr(_local, "client", None)
+    if client is not None:
+        client.close()

@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.db import DatabaseError
 
-from . import services
+from . import delivery, services
 
 
 # A database hiccup (SQLite busy past its timeout, a PostgreSQL failover) leaves the job pending
@@ -15,8 +15,9 @@ from . import services
     retry_jitter=False,
     max_retries=3,
 )
-def send_email(job_id: int) -> str | None:
-    return services.deliver_job(job_id=job_id)
+def send_email(job_id: int) -> int:
+    """Send this job, and due jobs after it in batches; returns how many attempts were made."""
+    return delivery.deliver_due_jobs(job_id=job_id)
 
 
 @shared_task(name="notifications.tasks.recover_jobs")

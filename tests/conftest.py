@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 
 from notifications import smtp_config
-from notifications.smtp import client as smtp_client
+from notifications.smtp import close_client
 from tests.support.processes import CeleryWorker, RedisServer, free_port
 from tests.support.smtp_sink import SmtpSink
 
@@ -61,10 +61,10 @@ def smtp(smtp_sink, settings):
     """The SMTP server, emptied, and this process's SMTP settings pointing at it."""
     smtp_sink.handler.reset()
     settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "SMTP_PORT": smtp_sink.port}
-    smtp_client.close()
+    close_client()
     smtp_config._cache.clear()
     yield smtp_sink.handler
-    smtp_client.close()
+    close_client()
 
 
 def _database_url() -> str:

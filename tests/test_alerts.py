@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from notifications import crypto, services, smtp_config
+from notifications import crypto, delivery, smtp_config
 from notifications.alerts import evaluate_alerts
 from notifications.models import AlertEvent, EmailAttempt, EmailJob
 from notifications.tasks import evaluate_alerts as evaluate_alerts_task
@@ -85,7 +85,7 @@ def test_above_the_threshold_alerts_by_email_and_telegram(alerting, smtp):
     (job,) = alert_jobs()
     assert job.to == ["ops@example.org"]
     assert "ALERT: 20% of e-mail attempts failed in the last 60 minutes" in job.subject
-    assert services.deliver_job(job_id=job.pk) == "sent"
+    assert delivery.deliver_job(job_id=job.pk) == "sent"
     (received,) = smtp.messages
     assert "550 mailbox unavailable" in received.message.get_body(("plain",)).get_content()
 

@@ -8,7 +8,7 @@ import logging.config
 import pytest
 from django.conf import settings as django_settings
 
-from notifications import services
+from notifications import delivery
 from notifications.redaction import redact
 from tests.factories import EmailJobFactory
 
@@ -59,7 +59,7 @@ def json_log():
 def test_each_attempt_is_one_json_line_with_its_fields(json_log, smtp, broker):
     smtp.data_replies.append("451 4.3.0 busy")
     job = EmailJobFactory()
-    services.deliver_job(job_id=job.pk)
+    delivery.deliver_job(job_id=job.pk)
     lines = [json.loads(line) for line in json_log.getvalue().splitlines() if "job_id" in line]
     (line,) = [entry for entry in lines if entry.get("job_id") == job.pk]
     assert line["attempt"] == 1 and line["outcome"] == "retry" and line["smtp_code"] == 451

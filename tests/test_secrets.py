@@ -9,7 +9,7 @@ from django.core.mail import send_mail
 from django.core.management import call_command
 from django.db import connection
 
-from notifications import crypto, services, smtp_config
+from notifications import crypto, delivery, smtp_config
 from notifications.models import AuditLogEntry, EmailJob
 from tests.factories import EmailJobFactory
 from tests.support.processes import free_port, wait_until
@@ -43,7 +43,7 @@ def test_a_key_that_cannot_decrypt_leaves_the_job_pending(smtp, broker, settings
     settings.EMAIL_ENCRYPTION_KEY = crypto.generate_key()  # the key was lost or swapped
     job = EmailJobFactory()
     with caplog.at_level(logging.CRITICAL):
-        assert services.deliver_job(job_id=job.pk) == "deferred"
+        assert delivery.deliver_job(job_id=job.pk) == "deferred"
     job.refresh_from_db()
     assert (job.status, job.attempts) == (Status.PENDING, 0)
     assert (

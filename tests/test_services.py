@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from notifications import services
+from notifications import delivery, services
 from notifications.models import EmailAttempt, EmailJob
 from tests.factories import EmailJobFactory
 
@@ -16,9 +16,9 @@ Status = EmailJob.Status
 
 def test_a_job_is_claimed_once_and_sent_once(smtp, broker):
     job = EmailJobFactory()
-    assert services.deliver_job(job_id=job.pk) == "sent"
+    assert delivery.deliver_job(job_id=job.pk) == "sent"
     # A redelivered or duplicated task for the same job finds nothing to claim.
-    assert services.deliver_job(job_id=job.pk) is None
+    assert delivery.deliver_job(job_id=job.pk) is None
     assert smtp.by_message_id() == {job.message_id: 1}
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_smtp_code) == (Status.SENT, 1, 250)
@@ -29,15 +29,15 @@ def test_a_job_is_claimed_once_and_sent_once(smtp, broker):
 def test_claim_is_exclusive():
     job = EmailJobFactory()
     now = timezone.now()
-    assert services.claim_job(job_id=job.pk, now=now) is not None
-    assert services.claim_job(job_id=job.pk, now=now) is None
+    assert delivery.claim_jobs(job_id=job.pk, now=now, limit=1)
+    assert delivery.claim_jobs(job_id=job.pk, now=now, limit=1) == []
     job.refresh_from_db()
     assert (job.status, job.attempts) == (Status.SENDING, 1)
 
 
 def test_a_job_not_yet_due_is_not_claimed():
     job = EmailJobFactory(next_attempt_at=timezone.now() + timedelta(minutes=5))
-    assert services.claim_job(job_id=job.pk, now=timezone.now()) is None
+    assert delivery.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1) == []
 
 
 def test_451_sets_the_job_back_to_pending_with_the_next_delay(smtp, broker, settings):
@@ -45,7 +45,7 @@ def test_451_sets_the_job_back_to_pending_with_the_next_delay(smtp, broker, sett
     smtp.data_replies.append("451 4.3.0 try again later")
     job = EmailJobFactory()
     before = timezone.now()
-    assert services.deliver_job(job_id=job.pk) == "retry"
+    assert delivery.deliver_job(job_id=job.pk) == "retry"
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_smtp_code) == (Status.PENDING, 1, 451)
     assert "try again later" in job.last_error
@@ -60,9 +60,9 @@ def test_transient_failures_stop_after_the_maximum(smtp, broker, settings):
     settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "RETRY_MAX_ATTEMPTS": 2}
     smtp.data_replies.extend(["451 busy", "451 busy"])
     job = EmailJobFactory()
-    assert services.deliver_job(job_id=job.pk) == "retry"
+    assert delivery.deliver_job(job_id=job.pk) == "retry"
     EmailJob.objects.filter(pk=job.pk).update(next_attempt_at=timezone.now())
-    assert services.deliver_job(job_id=job.pk) == "failed"
+    assert delivery.deliver_job(job_id=job.pk) == "failed"
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_smtp_code) == (Status.FAILED, 2, 451)
     assert list(job.attempt_log.values_list("outcome", flat=True)) == ["retry", "failed"]
@@ -71,7 +71,7 @@ def test_transient_failures_stop_after_the_maximum(smtp, broker, settings):
 def test_smtp_server_down_is_transient(smtp, broker, settings):
     settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "SMTP_PORT": 1}  # nothing listens there
     job = EmailJobFactory()
-    assert services.deliver_job(job_id=job.pk) == "retry"
+    assert delivery.deliver_job(job_id=job.pk) == "retry"
     job.refresh_from_db()
     assert job.status == Status.PENDING
     assert "connection to the SMTP server refused" in job.last_error
@@ -79,7 +79,7 @@ def test_smtp_server_down_is_transient(smtp, broker, settings):
 
 def test_expired_lease_returns_the_job_and_records_the_lost_attempt(broker):
     job = EmailJobFactory()
-    services.claim_job(job_id=job.pk, now=timezone.now())
+    delivery.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1)
     result = services.recover_jobs(now=timezone.now() + timedelta(minutes=5))
     assert result == {"released": 1, "republished": 0}
     job.refresh_from_db()
@@ -90,7 +90,7 @@ def test_expired_lease_returns_the_job_and_records_the_lost_attempt(broker):
 
 def test_a_live_lease_is_left_alone(broker):
     job = EmailJobFactory()
-    services.claim_job(job_id=job.pk, now=timezone.now())
+    delivery.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1)
     assert services.recover_jobs() == {"released": 0, "republished": 0}
     job.refresh_from_db()
     assert job.status == Status.SENDING

@@ -45,6 +45,6 @@ def _recover_at_start(sender, **kwargs) -> None:
 
 @worker_process_shutdown.connect
 def _close_smtp(**kwargs) -> None:
-    from notifications.smtp import client
+    from notifications.smtp import close_client
 
-    client.close()
+    close_client()

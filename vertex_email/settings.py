@@ -1,5 +1,6 @@
 """Project settings: the only module that reads the environment (django-environ)."""
 
+import os
 from pathlib import Path
 
 import environ
@@ -41,6 +42,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",  # first and last: request metrics
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # the admin's static files under gunicorn
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -49,6 +51,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "vertex_email.urls"
@@ -81,9 +84,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     # Integration tests run real worker processes, which need a file, not an in-memory database.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_db.sqlite3")}
+    # One file per test run, so that runs side by side don't share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test_db_{os.getpid()}.sqlite3")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# The same backend wrapped by django-prometheus, which counts connections, queries and errors.
+DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace(
+    "django.db.backends.", "django_prometheus.db.backends."
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -132,6 +140,7 @@ NOTIFICATIONS = {
     ],
     "CONFIG_ERROR_DELAY": env.float("EMAIL_CONFIG_ERROR_DELAY", default=60.0),
     "LEASE_SECONDS": env.float("EMAIL_LEASE_SECONDS", default=40.0),
+    "BATCH_SIZE": env.int("EMAIL_BATCH_SIZE", default=20),
     "SWEEP_INTERVAL": env.float("EMAIL_SWEEP_INTERVAL", default=15.0),
     "REDISPATCH_AFTER": env.float("EMAIL_REDISPATCH_AFTER", default=60.0),
     "SWEEP_BATCH": env.int("EMAIL_SWEEP_BATCH", default=5000),
@@ -187,6 +196,20 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Flower shows each send task by name with its job id; it needs the workers' task events.
 CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_TASK_EVENTS", default=True)
 CELERY_TASK_SEND_SENT_EVENT = CELERY_WORKER_SEND_TASK_EVENTS
+
+# --- Metrics (/metrics) --------------------------------------------------------------------
+NOTIFICATIONS |= {
+    # Who may scrape: each one that is set must pass. In production, with neither set, /metrics
+    # answers 403. Addresses are REMOTE_ADDR (the peer), IPs or networks, comma-separated.
+    "METRICS_BEARER_TOKEN": env.str("METRICS_BEARER_TOKEN", default=""),
+    "METRICS_ALLOWED_IPS": env.list("METRICS_ALLOWED_IPS", default=[]),
+    # Where workers tally their attempts for /metrics to read; empty: the Celery broker's Redis.
+    "METRICS_REDIS_URL": env.str("METRICS_REDIS_URL", default=""),
+}
+# Set when several processes serve the web (gunicorn): django-prometheus' own metrics then live in
+# files here, merged at each scrape. prometheus_client reads the variable itself, at import; the
+# start-up command must empty the directory before the first process starts (docker-compose.yml).
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

@@ -1,0 +1,278 @@
+"""Sending: claim due jobs, send them over the process's SMTP connection, settle each attempt.
+
+A task claims its own job first and, in the same go, up to EMAIL_BATCH_SIZE - 1 other due jobs
+(highest priority, longest waiting first), so a lone job goes out at once and a backlog drains in
+batches over one connection instead of paying the broker and the database per message. The other
+jobs' broker messages then find nothing to claim, or claim the next batch.
+
+Each claim is conditional (status='pending'), stamped with a claim token, and leased; each attempt
+is settled at once, fenced by the attempt number, so a crash can repeat at most the one message
+that was on the wire.
+"""
+
+import logging
+import time
+import uuid
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from . import metrics, publishing
+from .conf import get_smtp_settings, option
+from .exceptions import PermanentSendError, SendError, SmtpConfigurationError
+from .models import EmailAttempt, EmailJob
+from .retry import retry_delay, should_retry
+from .smtp import get_client
+
+logger = logging.getLogger(__name__)
+Status = EmailJob.Status
+Outcome = EmailAttempt.Outcome
+SEND_FIELDS = ("pk", "attempts", "envelope_from", "envelope_recipients", "mime_message")
+
+
+def claim_jobs(*, job_id: int | None, now: datetime, limit: int) -> list[EmailJob]:
+    """Claim `job_id` (if due) and up to `limit` due jobs in all; returns them, `job_id` first."""
+    token = uuid.uuid4().hex
+    with transaction.atomic():
+        due = EmailJob.objects.filter(status=Status.PENDING, next_attempt_at__lte=now)
+        ids = list(due.filter(pk=job_id).values_list("pk", flat=True)) if job_id else []
+        if limit > len(ids):
+            others = due.exclude(pk__in=ids).order_by("next_attempt_at", "pk")
+            # PostgreSQL: concurrent claimers skip each other's rows; SQLite: a no-op, as its
+            # IMMEDIATE transaction already serializes claimers.
+            others = others.select_for_update(skip_locked=True, of=("self",))
+            ids += list(others.values_list("pk", flat=True)[: limit - len(ids)])
+        if not ids:
+            return []
+        EmailJob.objects.filter(pk__in=ids, status=Status.PENDING).update(
+            status=Status.SENDING,
+            attempts=F("attempts") + 1,
+            lease_expires_at=now + timedelta(seconds=option("LEASE_SECONDS")),
+            claim_token=token,
+            updated_at=now,
+        )
+    claimed = {
+        job.pk: job
+        for job in EmailJob.objects.filter(pk__in=ids, claim_token=token).only(*SEND_FIELDS)
+    }
+    return [claimed[pk] for pk in ids if pk in claimed]
+
+
+def deliver_job(*, job_id: int) -> str | None:
+    """Claim and send this one job; returns the attempt's outcome, or None if none was claimed."""
+    jobs = claim_jobs(job_id=job_id, now=timezone.now(), limit=1)
+    if not jobs or jobs[0].pk != job_id:
+        _release(jobs)
+        _republish_if_early(job_id)
+        return None
+    return _send_batch(jobs)[0]
+
+
+def deliver_due_jobs(*, job_id: int | None) -> int:
+    """The send task: this job first, then due jobs in batches, within half a lease of time."""
+    deadline = time.monotonic() + option("LEASE_SECONDS") / 2
+    batch_size, attempted, first = option("BATCH_SIZE"), 0, True
+    while time.monotonic() < deadline:
+        jobs = claim_jobs(job_id=job_id if first else None, now=timezone.now(), limit=batch_size)
+        if first and (not jobs or jobs[0].pk != job_id):
+            _republish_if_early(job_id)
+        first = False
+        outcomes = _send_batch(jobs, deadline=deadline)
+        attempted += len(outcomes)
+        if len(outcomes) < len(jobs) or len(jobs) < batch_size:
+            break  # stopped early (connection failure, out of time) or nothing more is due
+    return attempted
+
+
+def _send_batch(jobs: list[EmailJob], *, deadline: float | None = None) -> list[str]:
+    """Send each claimed job; on a connection-wide failure or at the deadline, release the rest."""
+    outcomes = []
+    for index, job in enumerate(jobs):
+        if deadline is not None and time.monotonic() > deadline:
+            _release(jobs[index:])
+            break
+        outcome, error = _send_one(job)
+        outcomes.append(outcome)
+        if _affects_every_message(error):
+            # The server is unreachable or refuses us: the others would fail the same way and
+            # lose an attempt each; they wait as long as this one does instead.
+            _release(jobs[index + 1 :], delay=_delay_after(outcome, job))
+            break
+    return outcomes
+
+
+def _affects_every_message(error: SendError | None) -> bool:
+    return isinstance(error, SmtpConfigurationError) or (
+        error is not None
+        and not isinstance(error, PermanentSendError)
+        and error.code in (None, 421)
+    )
+
+
+def _delay_after(outcome: str, job: EmailJob) -> float:
+    if outcome == Outcome.DEFERRED:
+        return option("CONFIG_ERROR_DELAY")
+    return retry_delay(max(job.attempts, 1), option("RETRY_DELAYS"))
+
+
+def _release(jobs: list[EmailJob], *, delay: float = 0.0) -> None:
+    """Give claimed, unattempted jobs back: attempts restored, due after `delay`, republished."""
+    if not jobs:
+        return
+    now = timezone.now()
+    for job in jobs:
+        EmailJob.objects.filter(pk=job.pk, status=Status.SENDING, attempts=job.attempts).update(
+            status=Status.PENDING,
+            attempts=F("attempts") - 1,
+            lease_expires_at=None,
+            next_attempt_at=now + timedelta(seconds=delay),
+            dispatched_at=now,
+            updated_at=now,
+        )
+    publishing.publish_jobs([jobs[0].pk], countdown=delay or None)
+
+
+def _send_one(job: EmailJob) -> tuple[str, SendError | None]:
+    started_at, started = timezone.now(), time.monotonic()
+    try:
+        result = get_client().send(
+            settings=get_smtp_settings(),
+            envelope_from=job.envelope_from,
+            recipients=job.envelope_recipients,
+            message=bytes(job.mime_message),
+        )
+    except SendError as error:
+        return _settle_failure(job, error, started_at, time.monotonic() - started), error
+    refused = {address: list(reply) for address, reply in result.refused.items()}
+    _settle(
+        job,
+        Outcome.SENT,
+        started_at,
+        time.monotonic() - started,
+        code=int(result.response[:3]),
+        error=_refusal_summary(refused),
+        status=Status.SENT,
+        sent_at=timezone.now(),
+        smtp_response=result.response,
+        refused_recipients=refused,
+    )
+    return Outcome.SENT, None
+
+
+def _settle_failure(job: EmailJob, error: SendError, started_at: datetime, duration: float) -> str:
+    now = timezone.now()
+    common = {"code": error.code, "error": str(error)}
+    if isinstance(error, SmtpConfigurationError):
+        # Our configuration, not the message: give the attempt back and wait for a fix.
+        delay = option("CONFIG_ERROR_DELAY")
+        logger.error("SMTP configuration error, job %s deferred %.0fs: %s", job.pk, delay, error)
+        _settle(
+            job,
+            Outcome.DEFERRED,
+            started_at,
+            duration,
+            **common,
+            status=Status.PENDING,
+            attempts=F("attempts") - 1,
+            next_attempt_at=now + timedelta(seconds=delay),
+            dispatched_at=now,
+            publish_countdown=delay,
+        )
+        return Outcome.DEFERRED
+    if isinstance(error, PermanentSendError) or not should_retry(
+        job.attempts, option("RETRY_MAX_ATTEMPTS")
+    ):
+        _settle(
+            job,
+            Outcome.FAILED,
+            started_at,
+            duration,
+            **common,
+            status=Status.FAILED,
+            refused_recipients={a: list(r) for a, r in error.refused.items()},
+        )
+        return Outcome.FAILED
+    delay = retry_delay(job.attempts, option("RETRY_DELAYS"))
+    _settle(
+        job,
+        Outcome.RETRY,
+        started_at,
+        duration,
+        **common,
+        status=Status.PENDING,
+        next_attempt_at=now + timedelta(seconds=delay),
+        dispatched_at=now,
+        publish_countdown=delay,
+    )
+    return Outcome.RETRY
+
+
+def _settle(
+    job: EmailJob,
+    outcome: str,
+    started_at: datetime,
+    duration: float,
+    *,
+    code: int | None,
+    error: str,
+    publish_countdown: float | None = None,
+    **changes,
+) -> None:
+    """Record the attempt and move the job on, but only if we still hold its claim."""
+    with transaction.atomic():
+        held = EmailJob.objects.filter(
+            pk=job.pk, status=Status.SENDING, attempts=job.attempts
+        ).update(
+            lease_expires_at=None,
+            last_smtp_code=code,
+            last_error=error,
+            updated_at=timezone.now(),
+            **changes,
+        )
+        EmailAttempt.objects.create(
+            job_id=job.pk,
+            number=job.attempts,
+            started_at=started_at,
+            duration_seconds=duration,
+            outcome=outcome,
+            smtp_code=code,
+            error=error,
+        )
+        if held and publish_countdown is not None:
+            transaction.on_commit(
+                lambda: publishing.publish_jobs([job.pk], countdown=publish_countdown)
+            )
+    metrics.observe_attempt(outcome=outcome, duration=duration)
+    logger.info(
+        "email job=%s attempt=%s outcome=%s code=%s duration=%.3fs%s",
+        job.pk,
+        job.attempts,
+        outcome,
+        code,
+        duration,
+        f" error={error!r}" if error else "",
+        extra={
+            "job_id": job.pk,
+            "attempt": job.attempts,
+            "outcome": str(outcome),
+            "smtp_code": code,
+            "duration_seconds": round(duration, 4),
+        },
+    )
+    if not held:
+        logger.warning("job %s was taken over while attempt %s ran", job.pk, job.attempts)
+
+
+def _refusal_summary(refused: dict) -> str:
+    return "; ".join(f"{address}: {code} {text}" for address, (code, text) in refused.items())
+
+
+def _republish_if_early(job_id: int | None) -> None:
+    """A message that arrived before its job is due (clock skew) is sent back with a countdown."""
+    job = EmailJob.objects.filter(pk=job_id, status=Status.PENDING).only("next_attempt_at").first()
+    if job is not None:
+        wait = (job.next_attempt_at - timezone.now()).total_seconds()
+        if wait > 0:
+            publishing.publish_jobs([job_id], countdown=wait)
