@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from notifications import crypto, services, smtp_config
+from notifications import crypto, delivery, smtp_config
 from notifications.models import EmailAttempt, EmailJob
 from tests.factories import EmailJobFactory
 from tests.support.processes import free_port
@@ -131,11 +131,11 @@ def test_real_smtp_errors_are_listed_without_any_secret(monitor, settings, broke
             smtp_password="wrong-password-0b7d",
         )
         job = EmailJobFactory()
-        assert services.deliver_job(job_id=job.pk) == "deferred"
+        assert delivery.deliver_job(job_id=job.pk) == "deferred"
         sink.handler.data_replies.append("550 5.1.1 <user1@example.org>: no such user")
         smtp_config.update_settings(actor="test", smtp_password="the-right-one-5c1e")
         other = EmailJobFactory(index=1)
-        assert services.deliver_job(job_id=other.pk) == "failed"
+        assert delivery.deliver_job(job_id=other.pk) == "failed"
     finally:
         sink.stop()
 

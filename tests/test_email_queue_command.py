@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from notifications import services
+from notifications import delivery
 from notifications.models import EmailAttempt, EmailJob
 from tests.factories import EmailJobFactory
 from tests.support.processes import ROOT
@@ -152,14 +152,14 @@ def test_failed_with_none():
 def test_retry_by_id_sends_a_really_failed_job_again(smtp, broker):
     smtp.data_replies.append("554 5.7.1 rejected for now")
     job = EmailJobFactory()
-    assert services.deliver_job(job_id=job.pk) == "failed"
+    assert delivery.deliver_job(job_id=job.pk) == "failed"
 
     assert run("retry", "--id", str(job.pk)) == "Retried 1 job(s).\n"
     job.refresh_from_db()
     assert (job.status, job.attempts) == (Status.PENDING, 0)
     (message,) = broker.client().lrange("email", 0, -1)
     assert json.loads(message)["headers"]["argsrepr"] == f"({job.pk},)"
-    assert services.deliver_job(job_id=job.pk) == "sent"
+    assert delivery.deliver_job(job_id=job.pk) == "sent"
     assert smtp.by_message_id() == {job.message_id: 1}
 
 
