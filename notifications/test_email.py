@@ -106,16 +106,22 @@ def _where(settings: SmtpSettings) -> str:
     return f"{settings.host}:{settings.port}"
 
 
-def _causes(error: BaseException):
-    seen = error.__cause__ or error.__context__
-    while seen is not None:
-        yield seen
-        seen = seen.__cause__ or seen.__context__
+def _causes(error: BaseException, limit: int = 10) -> list[BaseException]:
+    """The exceptions behind `error`: smtplib often wraps the socket's in its own."""
+    found: list[BaseException] = []
+    while (error := error.__cause__ or error.__context__) is not None and len(found) < limit:
+        found.append(error)
+    return found
+
+
+def _ssl_reason(causes: list[BaseException]) -> str:
+    error = next(cause for cause in causes if isinstance(cause, ssl.SSLError))
+    return getattr(error, "verify_message", None) or getattr(error, "reason", None) or str(error)
 
 
 def _failure(error: SendError, settings: SmtpSettings) -> TestEmailResult:
     """Words an admin can act on, for each way a send fails."""
-    causes = list(_causes(error))
+    causes = _causes(error)
     where = _where(settings)
     if any(isinstance(cause, smtplib.SMTPAuthenticationError) for cause in causes):
         # The server's text is left out on purpose: some servers echo what was sent.
@@ -125,11 +131,19 @@ def _failure(error: SendError, settings: SmtpSettings) -> TestEmailResult:
             f"failed at {where}). Check both, save them again, and retry.",
             f"authentication refused ({error.code})",
         )
+    if any(isinstance(cause, ssl.SSLCertVerificationError) for cause in causes):
+        return TestEmailResult(
+            False,
+            f"The TLS certificate of {where} was not accepted ({_ssl_reason(causes)}). Check "
+            "that the host is the name on the server's certificate.",
+            "TLS certificate not accepted",
+        )
     if any(isinstance(cause, ssl.SSLError) for cause in causes):
         return TestEmailResult(
             False,
-            f"The TLS handshake with {where} failed. Port 587 usually means STARTTLS and port "
-            "465 SSL/TLS: check that the port and the STARTTLS / SSL/TLS choice match.",
+            f"The TLS handshake with {where} failed ({_ssl_reason(causes)}). Port 587 usually "
+            "means STARTTLS and port 465 SSL/TLS: check that the port and the STARTTLS / SSL/TLS "
+            "choice match.",
             "TLS handshake failed",
         )
     if any(isinstance(cause, smtplib.SMTPNotSupportedError) for cause in causes):

@@ -1,15 +1,20 @@
 """send_test_email against real SMTP servers: what the admin reads for each outcome."""
 
+import shlex
+import shutil
 import socket
+import ssl
+import subprocess
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from notifications import crypto
 from notifications.models import AuditLogEntry
 from notifications.smtp_config import update_settings
 from notifications.test_email import send_test_email
 from tests.support.processes import free_port
-from tests.support.smtp_sink import Credentials, SmtpSink
+from tests.support.smtp_sink import Credentials, SinkHandler, SmtpSink
 
 pytestmark = pytest.mark.django_db
 PASSWORD = "s3cret-Pa55word"
@@ -123,3 +128,24 @@ def test_unreadable_stored_password_is_a_clear_failure(smtp, settings):
     assert "stored SMTP password cannot be read" in result.message
     assert PASSWORD not in result.message
     assert smtp.count() == 0
+
+
+def test_certificate_the_client_does_not_trust_is_named(smtp, tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    command = f"openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -keyout {key}"
+    subprocess.run([*shlex.split(command), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    port = free_port()
+    server = Controller(SinkHandler(), hostname="127.0.0.1", port=port, ssl_context=context)
+    server.start()
+    try:
+        configure(smtp_port=port, use_ssl=True)
+        result = send_test_email(to="ops@example.org", actor="admin:alice")
+    finally:
+        server.stop()
+    assert not result.ok
+    assert result.message.startswith(f"The TLS certificate of 127.0.0.1:{port} was not accepted")
+    assert "self-signed certificate" in result.message
