@@ -195,7 +195,9 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Flower shows each send task by name with its job id; it needs the workers' task events.
 CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_TASK_EVENTS", default=True)
-CELERY_TASK_SEND_SENT_EVENT = CELERY_WORKER_SEND_TASK_EVENTS
+# No "task-sent" event: it would double the publishes of every send_mail(); Flower shows tasks
+# from the workers' received/started/succeeded events.
+CELERY_TASK_SEND_SENT_EVENT = False
 
 # --- Metrics (/metrics) --------------------------------------------------------------------
 NOTIFICATIONS |= {
