@@ -36,10 +36,12 @@ def claim_jobs(*, job_id: int | None, now: datetime, limit: int) -> list[EmailJo
     """Claim `job_id` (if due) and up to `limit` due jobs in all; returns them, `job_id` first."""
     token = uuid.uuid4().hex
     with transaction.atomic():
-        due = EmailJob.objects.filter(status=Status.PENDING, next_attempt_at__lte=now)
+        due = EmailJob.objects.filter(status=Status.PENDING, next_attempt_at__lte=now).exclude(
+            expires_at__lte=now
+        )
         ids = list(due.filter(pk=job_id).values_list("pk", flat=True)) if job_id else []
         if limit > len(ids):
-            others = due.exclude(pk__in=ids).order_by("next_attempt_at", "pk")
+            others = due.exclude(pk__in=ids).order_by("priority", "next_attempt_at", "pk")
             # PostgreSQL: concurrent claimers skip each other's rows; SQLite: a no-op, as its
             # IMMEDIATE transaction already serializes claimers.
             others = others.select_for_update(skip_locked=True, of=("self",))

@@ -12,7 +12,13 @@ class EmailJob(models.Model):
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
 
+    class Priority(models.IntegerChoices):
+        HIGH = 0, "High"
+        NORMAL = 5, "Normal"
+        LOW = 9, "Low"
+
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
 
     # What was asked for, kept for operators and search.
     from_email = models.CharField(max_length=320)
@@ -39,7 +45,10 @@ class EmailJob(models.Model):
     # Delivery state. `attempts` doubles as the claim token: a worker may only settle the
     # attempt it claimed.
     attempts = models.PositiveSmallIntegerField(default=0)
-    next_attempt_at = models.DateTimeField()
+    next_attempt_at = models.DateTimeField(help_text="The send-at time until the first attempt.")
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="Cancelled instead of sent if not sent by then."
+    )
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     claim_token = models.CharField(max_length=32, blank=True, editable=False)
     dispatched_at = models.DateTimeField(null=True, blank=True)
@@ -55,8 +64,16 @@ class EmailJob(models.Model):
     class Meta:
         ordering = ["-id"]
         indexes = [
-            # Workers and the sweeper: due pending jobs, expired leases.
+            # Workers claim due pending jobs by priority; the sweeper finds due and expired ones.
+            models.Index(
+                fields=["status", "priority", "next_attempt_at"], name="emailjob_status_priority"
+            ),
             models.Index(fields=["status", "next_attempt_at"], name="emailjob_status_due"),
+            models.Index(
+                fields=["expires_at"],
+                name="emailjob_pending_expiry",
+                condition=Q(status="pending", expires_at__isnull=False),
+            ),
             models.Index(
                 fields=["lease_expires_at"],
                 name="emailjob_sending_lease",

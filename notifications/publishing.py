@@ -8,10 +8,15 @@ from celery import current_app
 logger = logging.getLogger(__name__)
 
 SEND_TASK = "notifications.tasks.send_email"
+# A countdown longer than this is not published: Redis would redeliver such a message every
+# visibility timeout. The sweeper publishes the job when it falls due instead.
+MAX_COUNTDOWN = 300.0
 
 
 def publish_jobs(job_ids: Sequence[int], *, countdown: float | None = None) -> int:
     """Publish one send task per job id over one producer; returns how many were published."""
+    if countdown is not None and countdown > MAX_COUNTDOWN:
+        return 0
     published = 0
     try:
         with current_app.producer_or_acquire() as producer:

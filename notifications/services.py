@@ -15,6 +15,7 @@ from django.utils import timezone
 from . import publishing, selectors
 from .composition import job_fields
 from .conf import option
+from .exceptions import EmailRejected
 from .models import EmailAttempt, EmailJob
 from .retry import should_retry
 
@@ -23,29 +24,83 @@ Status = EmailJob.Status
 Outcome = EmailAttempt.Outcome
 
 
-def enqueue_emails(*, messages: Iterable[EmailMessage]) -> list[EmailJob]:
+def enqueue_emails(
+    *,
+    messages: Iterable[EmailMessage],
+    priority: str | int | None = None,
+    send_at: datetime | None = None,
+    expires_at: datetime | None = None,
+) -> list[EmailJob]:
     """Validate every message, write the jobs in the caller's transaction, publish on commit.
 
-    All or nothing: one invalid message raises EmailRejected and no job is written.
+    All or nothing: one invalid message raises EmailRejected and no job is written. A message's
+    own `priority`, `send_at` and `expires_at` attributes, when set, win over the arguments.
     """
-    fields = [job_fields(message) for message in messages]
     now = timezone.now()
-    jobs = [EmailJob(**f, next_attempt_at=now, dispatched_at=now) for f in fields]
+    jobs = [
+        EmailJob(
+            **job_fields(message),
+            **_scheduling(message, now, priority=priority, send_at=send_at, expires_at=expires_at),
+            dispatched_at=now,
+        )
+        for message in messages
+    ]
     with transaction.atomic():
         EmailJob.objects.bulk_create(jobs, batch_size=500)
-        job_ids = [job.pk for job in jobs]
-        transaction.on_commit(lambda: publishing.publish_jobs(job_ids))
+        transaction.on_commit(lambda: _publish_new(jobs, now))
     return jobs
 
 
-def enqueue_email(*, message: EmailMessage) -> EmailJob:
-    return enqueue_emails(messages=[message])[0]
+def _scheduling(message: EmailMessage, now: datetime, **defaults) -> dict:
+    priority = getattr(message, "priority", None) or defaults["priority"]
+    send_at = getattr(message, "send_at", None) or defaults["send_at"] or now
+    expires_at = getattr(message, "expires_at", None) or defaults["expires_at"]
+    for name, moment in (("send_at", send_at), ("expires_at", expires_at)):
+        if moment is not None and timezone.is_naive(moment):
+            raise EmailRejected(f"{name} must be an aware datetime (with a time zone)")
+    if expires_at is not None and expires_at <= send_at:
+        raise EmailRejected("expires_at must be later than send_at (or now)")
+    return {
+        "priority": _priority(priority),
+        "next_attempt_at": send_at,
+        "expires_at": expires_at,
+    }
+
+
+def _priority(value: str | int | None) -> int:
+    if value is None:
+        return EmailJob.Priority.NORMAL
+    if isinstance(value, str) and value.upper() in EmailJob.Priority.names:
+        return EmailJob.Priority[value.upper()]
+    if value in EmailJob.Priority.values:
+        return int(value)
+    raise EmailRejected(f"priority must be one of high, normal, low; not {value!r}")
+
+
+def _publish_new(jobs: list[EmailJob], now: datetime) -> None:
+    due = [job.pk for job in jobs if job.next_attempt_at <= now]
+    if due:
+        publishing.publish_jobs(due)
+    for job in jobs:
+        if job.next_attempt_at > now:  # scheduled: a countdown, or the sweeper when it is far off
+            publishing.publish_jobs([job.pk], countdown=(job.next_attempt_at - now).total_seconds())
+
+
+def enqueue_email(*, message: EmailMessage, **scheduling) -> EmailJob:
+    """One message; `priority`, `send_at` and `expires_at` as for enqueue_emails."""
+    return enqueue_emails(messages=[message], **scheduling)[0]
 
 
 def recover_jobs(*, now: datetime | None = None) -> dict[str, int]:
-    """Return jobs of dead workers to the queue and republish due jobs whose message was lost."""
+    """Return jobs of dead workers to the queue, republish due jobs whose message was lost, and
+    cancel pending jobs past their expiry."""
     now = now or timezone.now()
     released = _release_expired_leases(now)
+    expired = EmailJob.objects.filter(status=Status.PENDING, expires_at__lte=now).update(
+        status=Status.CANCELLED,
+        last_error="expired before it could be sent",
+        updated_at=now,
+    )
     stale_before = now - timedelta(seconds=option("REDISPATCH_AFTER"))
     lost = list(
         EmailJob.objects.filter(
@@ -59,12 +114,14 @@ def recover_jobs(*, now: datetime | None = None) -> dict[str, int]:
     republish = released + lost
     if republish:
         publishing.publish_jobs(republish)
+    if republish or expired:
         logger.info(
-            "recovery: %d expired lease(s) released, %d job(s) republished",
+            "recovery: %d expired lease(s) released, %d job(s) republished, %d expired",
             len(released),
             len(lost),
+            expired,
         )
-    return {"released": len(released), "republished": len(lost)}
+    return {"released": len(released), "republished": len(lost), "expired": expired}
 
 
 def _release_expired_leases(now: datetime) -> list[int]:

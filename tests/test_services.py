@@ -81,7 +81,7 @@ def test_expired_lease_returns_the_job_and_records_the_lost_attempt(broker):
     job = EmailJobFactory()
     delivery.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1)
     result = services.recover_jobs(now=timezone.now() + timedelta(minutes=5))
-    assert result == {"released": 1, "republished": 0}
+    assert result == {"released": 1, "republished": 0, "expired": 0}
     job.refresh_from_db()
     assert (job.status, job.attempts) == (Status.PENDING, 1)
     assert job.attempt_log.get().outcome == EmailAttempt.Outcome.LOST
@@ -91,7 +91,7 @@ def test_expired_lease_returns_the_job_and_records_the_lost_attempt(broker):
 def test_a_live_lease_is_left_alone(broker):
     job = EmailJobFactory()
     delivery.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1)
-    assert services.recover_jobs() == {"released": 0, "republished": 0}
+    assert services.recover_jobs() == {"released": 0, "republished": 0, "expired": 0}
     job.refresh_from_db()
     assert job.status == Status.SENDING
 
@@ -101,8 +101,8 @@ def test_due_jobs_whose_message_was_lost_are_republished_once(broker, settings):
     old = timezone.now() - timedelta(minutes=5)
     lost = EmailJobFactory(index=1, dispatched_at=old, next_attempt_at=old)
     EmailJobFactory(index=2)  # just published: its message is still on its way
-    assert services.recover_jobs() == {"released": 0, "republished": 1}
+    assert services.recover_jobs() == {"released": 0, "republished": 1, "expired": 0}
     assert broker.client().llen("email") == 1
-    assert services.recover_jobs() == {"released": 0, "republished": 0}
+    assert services.recover_jobs() == {"released": 0, "republished": 0, "expired": 0}
     lost.refresh_from_db()
     assert lost.dispatched_at > old
