@@ -4,6 +4,8 @@ from django.contrib import admin
 from django.urls import include, path, reverse_lazy
 from django.views.generic import RedirectView
 
+from notifications import metrics_views
+
 urlpatterns = [
     # A short address for the settings page; admin_view sends whoever isn't staff to the login.
     path(
@@ -17,5 +19,6 @@ urlpatterns = [
     ),
     path("admin/", admin.site.urls),
     path("api/", include("notifications.urls")),
-    path("", include("django_prometheus.urls")),
+    # django-prometheus' metrics and the queue's, behind the METRICS_* access rules.
+    path("metrics", metrics_views.metrics, name="metrics"),
 ]
