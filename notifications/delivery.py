@@ -19,8 +19,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import metrics, publishing
-from .conf import get_smtp_settings, option
+from . import metrics, publishing, throttle
+from .conf import SmtpSettings, get_smtp_settings, option
 from .exceptions import PermanentSendError, SendError, SmtpConfigurationError
 from .models import EmailAttempt, EmailJob
 from .retry import retry_delay, should_retry
@@ -89,20 +89,45 @@ def deliver_due_jobs(*, job_id: int | None) -> int:
 
 
 def _send_batch(jobs: list[EmailJob], *, deadline: float | None = None) -> list[str]:
-    """Send each claimed job; on a connection-wide failure or at the deadline, release the rest."""
+    """Send each claimed job; on a pause, a connection-wide failure or the deadline, release the
+    rest unattempted."""
+    if not jobs:
+        return []
+    wait, probing = throttle.circuit_wait()
+    if wait:
+        _release(jobs, delay=wait)
+        return []
+    try:
+        smtp_settings = get_smtp_settings()  # once a batch: a change applies from the next one
+    except SmtpConfigurationError as error:
+        smtp_settings, settings_error = None, error
     outcomes = []
     for index, job in enumerate(jobs):
         if deadline is not None and time.monotonic() > deadline:
             _release(jobs[index:])
             break
-        outcome, error = _send_one(job)
+        if smtp_settings is not None and (wait := throttle.acquire_send_slot(smtp_settings)):
+            _release(jobs[index:], delay=wait)
+            break
+        if smtp_settings is None:
+            outcome, error = _settle_unsent(job, settings_error), settings_error
+        else:
+            outcome, error = _send_one(job, smtp_settings)
         outcomes.append(outcome)
         if _affects_every_message(error):
             # The server is unreachable or refuses us: the others would fail the same way and
-            # lose an attempt each; they wait as long as this one does instead.
-            _release(jobs[index + 1 :], delay=_delay_after(outcome, job))
+            # lose an attempt each. Everyone pauses (the circuit breaker) and they wait.
+            delay = throttle.trip_circuit(str(error)) or _delay_after(outcome, job)
+            _release(jobs[index + 1 :], delay=delay)
             break
+        if probing:
+            throttle.close_circuit()
+            probing = False
     return outcomes
+
+
+def _settle_unsent(job: EmailJob, error: SendError) -> str:
+    return _settle_failure(job, error, timezone.now(), 0.0)
 
 
 def _affects_every_message(error: SendError | None) -> bool:
@@ -136,11 +161,11 @@ def _release(jobs: list[EmailJob], *, delay: float = 0.0) -> None:
     publishing.publish_jobs([jobs[0].pk], countdown=delay or None)
 
 
-def _send_one(job: EmailJob) -> tuple[str, SendError | None]:
+def _send_one(job: EmailJob, smtp_settings: SmtpSettings) -> tuple[str, SendError | None]:
     started_at, started = timezone.now(), time.monotonic()
     try:
         result = get_client().send(
-            settings=get_smtp_settings(),
+            settings=smtp_settings,
             envelope_from=job.envelope_from,
             recipients=job.envelope_recipients,
             message=bytes(job.mime_message),

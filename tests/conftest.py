@@ -5,6 +5,7 @@ import os
 from urllib.parse import quote
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import connection
 
 from notifications import smtp_config
@@ -37,6 +38,7 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     app.conf.broker_url = server.url
+    django_settings.EMAIL_REDIS_URL = server.url  # rate limits and the circuit breaker
     yield server
     server.stop()
 

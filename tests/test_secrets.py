@@ -9,7 +9,7 @@ from django.core.mail import send_mail
 from django.core.management import call_command
 from django.db import connection
 
-from notifications import crypto, delivery, smtp_config
+from notifications import crypto, delivery, smtp_config, throttle
 from notifications.models import AuditLogEntry, EmailJob
 from tests.factories import EmailJobFactory
 from tests.support.processes import free_port, wait_until
@@ -121,21 +121,30 @@ def test_refused_credentials_keep_jobs_pending_until_fixed_and_no_secret_leaks(
     start_worker, smtp, auth_sink, broker
 ):
     configure(auth_sink.port, WRONG)
-    worker = start_worker(concurrency=2, EMAIL_CONFIG_ERROR_DELAY="1", LOG_LEVEL="DEBUG")
+    worker = start_worker(
+        concurrency=2,
+        EMAIL_CONFIG_ERROR_DELAY="1",
+        EMAIL_CIRCUIT_BASE_DELAY="0.5",
+        EMAIL_CIRCUIT_MAX_DELAY="1",
+        LOG_LEVEL="DEBUG",
+    )
     for i in range(10):
         send_mail(f"Secret test {i}", "Body", "from@example.org", [f"s{i}@example.org"])
     wait_until(
-        lambda: (
-            auth_sink.handler.count() == 0
-            and EmailJob.objects.filter(attempt_log__outcome="deferred").distinct().count() == 10
-        ),
+        lambda: auth_sink.credentials.failures >= 2 and throttle.pauses()["circuit_open"],
         30,
         0.2,
-        "every job to be deferred for the refused login",
+        "the refused login to pause sending",
     )
-    assert EmailJob.objects.filter(status=Status.PENDING, attempts=0).count() == 10
-    assert "SMTP authentication refused (535)" in EmailJob.objects.first().last_error
-
+    # Nobody's attempts are used up: a refused login is our configuration, not the message.
+    assert not EmailJob.objects.exclude(status__in=[Status.PENDING, Status.SENDING]).exists()
+    assert EmailJob.objects.filter(attempt_log__outcome="deferred").exists()
+    assert (
+        not EmailJob.objects.exclude(attempt_log=None)
+        .exclude(attempt_log__outcome="deferred")
+        .exists()
+    )
+    assert "SMTP authentication refused (535)" in throttle.pauses()["circuit_reason"]
     configure(auth_sink.port, PASSWORD)  # the admin fixes the password; no restart
     auth_sink.handler.data_replies.append("451 4.3.0 one transient failure")
     auth_sink.handler.refused["s9@example.org"] = "550 5.1.1 no such user"
@@ -148,6 +157,8 @@ def test_refused_credentials_keep_jobs_pending_until_fixed_and_no_secret_leaks(
     assert EmailJob.objects.filter(status=Status.SENT).count() == 9
     assert EmailJob.objects.get(status=Status.FAILED).last_smtp_code == 550
     assert auth_sink.handler.count() == 9
+    # Only real sends used attempts: one each, a second for the 451; the paused ones none.
+    assert sorted(EmailJob.objects.values_list("attempts", flat=True)) == [1] * 9 + [2]
 
     for source, text in plaintext_sources([worker.log_path.read_text()], broker).items():
         assert PASSWORD not in text, f"the SMTP password appears in {source}"

@@ -141,6 +141,11 @@ NOTIFICATIONS = {
     "CONFIG_ERROR_DELAY": env.float("EMAIL_CONFIG_ERROR_DELAY", default=60.0),
     "LEASE_SECONDS": env.float("EMAIL_LEASE_SECONDS", default=40.0),
     "BATCH_SIZE": env.int("EMAIL_BATCH_SIZE", default=20),
+    # Per SMTP account, across every worker: e.g. "14/s" (SES) or "20/s,2000/d" (Gmail).
+    "RATE_LIMITS": env.str("EMAIL_RATE_LIMITS", default=""),
+    "CIRCUIT_BREAKER": env.bool("EMAIL_CIRCUIT_BREAKER", default=True),
+    "CIRCUIT_BASE_DELAY": env.float("EMAIL_CIRCUIT_BASE_DELAY", default=5.0),
+    "CIRCUIT_MAX_DELAY": env.float("EMAIL_CIRCUIT_MAX_DELAY", default=300.0),
     "SWEEP_INTERVAL": env.float("EMAIL_SWEEP_INTERVAL", default=15.0),
     "REDISPATCH_AFTER": env.float("EMAIL_REDISPATCH_AFTER", default=60.0),
     "SWEEP_BATCH": env.int("EMAIL_SWEEP_BATCH", default=5000),
@@ -163,6 +168,8 @@ SMTP_PASSWORD_FROM_ENV = env.str("SMTP_PASSWORD", default=None)
 # --- Celery ---------------------------------------------------------------------------------
 EMAIL_QUEUE_WORKERS = env.int("EMAIL_QUEUE_WORKERS", default=3)
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
+# Rate-limit counters and the circuit breaker, shared by every worker.
+EMAIL_REDIS_URL = env.str("EMAIL_REDIS_URL", default=CELERY_BROKER_URL)
 CELERY_TASK_DEFAULT_QUEUE = "email"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"

@@ -4,6 +4,7 @@ import asyncio
 import email
 import email.policy
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     content: bytes
+    received_at: float = field(default_factory=time.time)
 
     @property
     def message(self) -> email.message.EmailMessage:
@@ -94,6 +96,7 @@ class Credentials:
 class SmtpSink:
     def __init__(self, port: int, credentials: Credentials | None = None):
         self.handler = SinkHandler()
+        self.credentials = credentials
         auth = {"authenticator": credentials, "auth_require_tls": False, "auth_required": True}
         self.controller = Controller(
             self.handler, hostname="127.0.0.1", port=port, **(auth if credentials else {})

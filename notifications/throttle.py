@@ -1,0 +1,178 @@
+"""Pauses that hold for every worker process and host, kept in Redis: rate limits per SMTP account
+and a circuit breaker that stops sending while the SMTP server is unreachable or refuses us.
+
+Both only ever delay jobs (they stay pending, their attempts unused). If Redis itself cannot be
+reached they let sending go on: the broker is then down too, and the database still guards
+against duplicates.
+"""
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
+
+from .conf import SmtpSettings, option
+
+logger = logging.getLogger(__name__)
+PREFIX = "vertex_email:"
+CIRCUIT_KEY = PREFIX + "circuit"
+PROBE_KEY = PREFIX + "circuit:probe"
+WINDOWS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+# Check every window first, then count the send in all of them: atomic across processes.
+RATE_SCRIPT = """
+for i, key in ipairs(KEYS) do
+  local count = tonumber(redis.call('GET', key) or '0')
+  if count >= tonumber(ARGV[i]) then
+    local ttl = redis.call('PTTL', key)
+    if ttl < 0 then ttl = tonumber(ARGV[#KEYS + i]) end
+    return ttl
+  end
+end
+for i, key in ipairs(KEYS) do
+  if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, ARGV[#KEYS + i]) end
+end
+return 0
+"""
+
+_client: dict[str, redis.Redis] = {}
+
+
+def client() -> redis.Redis:
+    url = settings.EMAIL_REDIS_URL
+    if url not in _client:
+        _client[url] = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    return _client[url]
+
+
+def parse_limits(text: str) -> list[tuple[int, int]]:
+    """'14/s,3000/m,50000/d' -> [(14, 1), (3000, 60), (50000, 86400)]."""
+    limits = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        count, _, unit = part.partition("/")
+        if unit not in WINDOWS or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"rate limit {part!r}: expected N/s, N/m, N/h or N/d")
+        limits.append((int(count), WINDOWS[unit]))
+    return limits
+
+
+def account_id(smtp: SmtpSettings) -> str:
+    """Names the SMTP account in Redis keys without naming the host or user."""
+    return hashlib.sha256(f"{smtp.host}:{smtp.port}:{smtp.username}".encode()).hexdigest()[:16]
+
+
+def acquire_send_slot(smtp: SmtpSettings) -> float:
+    """Count one send against the account's limits; 0, or the seconds to wait when over one."""
+    limits = parse_limits(option("RATE_LIMITS"))
+    if not limits:
+        return 0.0
+    now, account = time.time(), account_id(smtp)
+    keys = [f"{PREFIX}rate:{account}:{window}:{int(now // window)}" for _, window in limits]
+    args = [count for count, _ in limits] + [window * 1000 for _, window in limits]
+    try:
+        wait_ms = client().eval(RATE_SCRIPT, len(keys), *keys, *args)
+    except redis.RedisError as error:
+        logger.warning("rate limiter unavailable, sending unthrottled: %s", error)
+        return 0.0
+    if wait_ms:
+        client().set(f"{PREFIX}rate_limited_until", str(now + wait_ms / 1000), px=int(wait_ms))
+    return wait_ms / 1000
+
+
+@dataclass
+class CircuitState:
+    open: bool
+    reason: str = ""
+    failures: int = 0
+    retry_at: float = 0.0
+
+
+def circuit_state() -> CircuitState:
+    try:
+        raw = client().hgetall(CIRCUIT_KEY)
+    except redis.RedisError:
+        return CircuitState(open=False)
+    if not raw:
+        return CircuitState(open=False)
+    values = {k.decode(): v.decode() for k, v in raw.items()}
+    return CircuitState(
+        open=True,
+        reason=values.get("reason", ""),
+        failures=int(values.get("failures", 1)),
+        retry_at=float(values.get("retry_at", 0)),
+    )
+
+
+def circuit_wait() -> tuple[float, bool]:
+    """(seconds to wait, whether this caller may probe now). (0, False) when the circuit is shut."""
+    if not option("CIRCUIT_BREAKER"):
+        return 0.0, False
+    state = circuit_state()
+    if not state.open:
+        return 0.0, False
+    remaining = state.retry_at - time.time()
+    if remaining > 0:
+        return remaining, False
+    try:  # one probe at a time, everywhere
+        won = client().set(PROBE_KEY, "1", nx=True, ex=max(5, int(option("SMTP_TIMEOUT") * 3)))
+    except redis.RedisError:
+        return 0.0, True
+    return (0.0, True) if won else (1.0, False)
+
+
+def trip_circuit(reason: str) -> float:
+    """Open (or keep open, backing off) the circuit; returns seconds until the next probe."""
+    if not option("CIRCUIT_BREAKER"):
+        return 0.0
+    failures = circuit_state().failures + 1
+    delay = min(option("CIRCUIT_MAX_DELAY"), option("CIRCUIT_BASE_DELAY") * 2 ** (failures - 1))
+    try:
+        pipe = client().pipeline()
+        pipe.hset(
+            CIRCUIT_KEY,
+            mapping={
+                "reason": reason[:300],
+                "failures": failures,
+                "retry_at": time.time() + delay,
+                "opened_at": time.time(),
+            },
+        )
+        pipe.delete(PROBE_KEY)
+        pipe.execute()
+    except redis.RedisError as error:
+        logger.warning("could not open the circuit breaker: %s", error)
+        return 0.0
+    logger.error("sending paused for %.0fs (failure %d): %s", delay, failures, reason)
+    return delay
+
+
+def close_circuit() -> None:
+    try:
+        removed = client().delete(CIRCUIT_KEY, PROBE_KEY)
+    except redis.RedisError:
+        return
+    if removed:
+        logger.warning("SMTP server answers again: sending resumed")
+
+
+def pauses() -> dict:
+    """What stats, the API and metrics show about pauses."""
+    state = circuit_state()
+    try:
+        limited = client().get(f"{PREFIX}rate_limited_until")
+    except redis.RedisError:
+        limited = None
+    return {
+        "circuit_open": state.open,
+        "circuit_reason": state.reason,
+        "circuit_failures": state.failures,
+        "circuit_retry_in_seconds": max(0.0, round(state.retry_at - time.time(), 1))
+        if state.open
+        else None,
+        "rate_limited_for_seconds": max(0.0, round(float(limited) - time.time(), 1))
+        if limited
+        else None,
+    }

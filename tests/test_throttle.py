@@ -1,0 +1,89 @@
+"""Rate limits per SMTP account across workers, and the circuit breaker: delays, never failures."""
+
+from collections import Counter
+
+import pytest
+from django.core.mail import send_mass_mail
+
+from notifications import smtp_config, throttle
+from notifications.models import EmailJob
+from tests.support.processes import free_port, wait_until
+from tests.support.smtp_sink import SmtpSink
+
+Status = EmailJob.Status
+
+
+@pytest.mark.parametrize(
+    ("text", "limits"),
+    [
+        ("", []),
+        ("14/s", [(14, 1)]),
+        ("20/s, 2000/d", [(20, 1), (2000, 86400)]),
+        ("100/m,5/h", [(100, 60), (5, 3600)]),
+    ],
+)
+def test_rate_limits_parse(text, limits):
+    assert throttle.parse_limits(text) == limits
+
+
+@pytest.mark.parametrize("text", ["14", "14/w", "0/s", "x/s"])
+def test_bad_rate_limits_are_refused(text):
+    with pytest.raises(ValueError, match="expected N/s"):
+        throttle.parse_limits(text)
+
+
+def enqueue(count: int) -> None:
+    send_mass_mail(
+        [(f"T {i}", "Body", "from@example.org", [f"t{i}@example.org"]) for i in range(count)]
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.integration
+def test_a_rate_limit_holds_across_worker_processes(start_worker, smtp):
+    start_worker(concurrency=2, EMAIL_RATE_LIMITS="10/s")
+    enqueue(35)
+    wait_until(
+        lambda: EmailJob.objects.filter(status=Status.SENT).count() == 35,
+        60,
+        0.2,
+        "every job to be sent",
+    )
+    per_second = Counter(int(received.received_at) for received in smtp.messages)
+    assert max(per_second.values()) <= 10, per_second
+    assert len(per_second) >= 4  # 35 messages at 10 a second need at least four seconds
+    assert set(EmailJob.objects.values_list("attempts", flat=True)) == {1}  # delayed, not retried
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.integration
+def test_an_unreachable_server_pauses_everyone_and_sending_resumes_by_itself(
+    start_worker, smtp, broker
+):
+    port = free_port()
+    smtp_config.update_settings(actor="test", changes={"smtp_port": port})
+    start_worker(
+        concurrency=2,
+        EMAIL_CIRCUIT_BASE_DELAY="0.5",
+        EMAIL_CIRCUIT_MAX_DELAY="2",
+        EMAIL_RETRY_MAX_ATTEMPTS="10",
+    )
+    enqueue(40)
+    wait_until(lambda: throttle.pauses()["circuit_open"], 30, 0.1, "sending to pause")
+    assert "refused" in throttle.pauses()["circuit_reason"]
+    sink = SmtpSink(port)
+    sink.start()
+    try:
+        wait_until(
+            lambda: EmailJob.objects.filter(status=Status.SENT).count() == 40,
+            60,
+            0.2,
+            "every job to be sent once the server is back",
+        )
+        assert sink.handler.count() == 40
+        assert not throttle.pauses()["circuit_open"]
+        attempts = sorted(EmailJob.objects.values_list("attempts", flat=True))
+        # Only the probes used attempts: far fewer than one failed attempt per job.
+        assert sum(attempts) - 40 < 15, attempts
+    finally:
+        sink.stop()
