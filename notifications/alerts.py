@@ -1,8 +1,10 @@
 """Failure-rate alerts: evaluated from beat, sent by e-mail and Telegram, kept as history.
 
 An alert fires when, over the settings' window, there were at least `alert_min_attempts`
-attempts and more than `alert_failure_rate` of them failed. While it keeps firing it is repeated
-at most once per EMAIL_ALERT_COOLDOWN; when the rate falls back a "recovered" notice goes out.
+attempts and more than `alert_failure_rate` of them failed, or while sending is paused because
+the SMTP server is unreachable or refuses our credentials (the circuit breaker). While it keeps
+firing it is repeated at most once per EMAIL_ALERT_COOLDOWN; when it stops, a "recovered" notice
+goes out.
 A channel that fails is logged and recorded; it never raises into beat.
 """
 
@@ -17,7 +19,7 @@ from django.core.mail import EmailMultiAlternatives
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from . import selectors, smtp_config
+from . import selectors, smtp_config, throttle
 from .conf import option
 from .models import AlertEvent, NotificationSettings
 
@@ -32,7 +34,10 @@ def evaluate_alerts(*, now=None) -> AlertEvent | None:
     window = timedelta(minutes=row.alert_window_minutes)
     outcomes = selectors.attempt_outcomes(window)
     attempts, rate = sum(outcomes.values()), selectors.failure_rate(outcomes)
-    firing = attempts >= row.alert_min_attempts and rate > row.alert_failure_rate
+    pauses = throttle.pauses()
+    firing = (attempts >= row.alert_min_attempts and rate > row.alert_failure_rate) or pauses[
+        "circuit_open"
+    ]
     last = AlertEvent.objects.first()
     was_firing = last is not None and last.kind == AlertEvent.Kind.FIRING
     cooled = last is None or now - last.created_at >= timedelta(seconds=option("ALERT_COOLDOWN"))
@@ -49,7 +54,12 @@ def evaluate_alerts(*, now=None) -> AlertEvent | None:
         threshold=row.alert_failure_rate,
         window_minutes=row.alert_window_minutes,
     )
-    context = {"event": event, "outcomes": outcomes, "errors": selectors.recent_errors(5)}
+    context = {
+        "event": event,
+        "outcomes": outcomes,
+        "errors": selectors.recent_errors(5),
+        "pauses": pauses,
+    }
     event.email_result = _send_email(row, context)
     event.telegram_result = _send_telegram(row, context)
     event.save()

@@ -69,7 +69,8 @@ def deliver_job(*, job_id: int) -> str | None:
         _release(jobs)
         _republish_if_early(job_id)
         return None
-    return _send_batch(jobs)[0]
+    outcomes = _send_batch(jobs)
+    return outcomes[0] if outcomes else None  # None: released unattempted, sending is paused
 
 
 def deliver_due_jobs(*, job_id: int | None) -> int:

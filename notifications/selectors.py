@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from django.db.models import Count, Min
 from django.utils import timezone
 
+from . import throttle
 from .models import EmailAttempt, EmailJob
 
 FAILURE_OUTCOMES = (
@@ -90,6 +91,7 @@ def queue_stats(*, window: timedelta = timedelta(hours=1)) -> dict:
         "throughput_per_second": round(
             outcomes[EmailAttempt.Outcome.SENT] / window.total_seconds(), 3
         ),
+        "pauses": throttle.pauses(),
     }
 
 

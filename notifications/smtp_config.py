@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
 
-from . import crypto
+from . import crypto, throttle
 from .composition import envelope_address
 from .conf import SmtpSettings, option
 from .exceptions import ConfigurationError, EmailRejected, SmtpConfigurationError
@@ -191,6 +191,8 @@ def update_settings(
             row.save()
             row.refresh_from_db()
             audit(actor, AuditLogEntry.Action.CHANGE, fields=changed)
+            # New settings deserve a try now, not after the circuit breaker's backoff.
+            transaction.on_commit(throttle.close_circuit)
     return row
 
 

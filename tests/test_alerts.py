@@ -144,3 +144,14 @@ def test_the_telegram_token_decryption_is_audited(alerting):
 
     entry = AuditLogEntry.objects.get(action="decrypt")
     assert (entry.actor, entry.purpose) == ("alerting", "failure-rate alert")
+
+
+def test_a_paused_queue_alerts_even_with_few_attempts(alerting):
+    from notifications import throttle
+
+    throttle.trip_circuit("connection to the SMTP server refused")
+    event = evaluate_alerts()
+    assert event.kind == AlertEvent.Kind.FIRING
+    assert "Sending PAUSED: connection to the SMTP server refused" in alerting.calls[-1]["text"]
+    throttle.close_circuit()
+    assert evaluate_alerts().kind == AlertEvent.Kind.RECOVERED
