@@ -12,7 +12,7 @@ from django.core.mail import EmailMessage
 from django.db import transaction
 from django.utils import timezone
 
-from . import publishing, selectors
+from . import metrics, publishing, selectors
 from .composition import job_fields
 from .conf import option
 from .exceptions import EmailRejected
@@ -143,6 +143,8 @@ def _release_expired_leases(now: datetime) -> list[int]:
                 EmailAttempt.objects.create(
                     job_id=pk, number=attempts, started_at=now, outcome=Outcome.LOST, error=error
                 )
+        if held:
+            metrics.observe_attempt(outcome=Outcome.LOST, duration=0.0)
         if held and not exhausted:
             released.append(pk)
     return released
