@@ -84,13 +84,19 @@ class RedisServer:
         except redis.ConnectionError:
             return False
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:
-            _end_group(self.process)
+            _end_group(self.process, sig)
             self.process = None
 
-    def restart(self) -> None:
-        self.stop()
+    def restart(self, keep_data: bool = False, sig: int = signal.SIGTERM) -> None:
+        """Stop and start on the same port: wiped, or with the keys it held (a snapshot on disk)."""
+        snapshot = self.workdir / "dump.rdb"
+        if keep_data:
+            self.client().save()  # what an AOF/RDB-persistent Redis would bring back
+        else:
+            snapshot.unlink(missing_ok=True)
+        self.stop(sig)
         self.start()
 
 
@@ -103,7 +109,7 @@ class CeleryWorker:
         self.env, self.log_path, self.concurrency, self.beat = env, log_path, concurrency, beat
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, wait_ready: bool = True) -> None:
         args = [
             sys.executable,
             "-m",
@@ -134,7 +140,8 @@ class CeleryWorker:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_until(lambda: self._ready(offset), timeout, 0.1, "the Celery worker to be ready")
+        if wait_ready:
+            wait_until(lambda: self._ready(offset), timeout, 0.1, "the Celery worker to be ready")
 
     def _ready(self, offset: int) -> bool:
         if self.process.poll() is not None:
@@ -150,6 +157,17 @@ class CeleryWorker:
         """SIGKILL the main process and its children at once, as a crash or OOM would."""
         _end_group(self.process, signal.SIGKILL)
         self._log.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit code once the worker has ended by itself within `timeout`, else None."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stop(self) -> None:
         if self.process is not None:
