@@ -1,0 +1,1 @@
+"""Fault injection: nothing lost, nothing sent twice, with workers, Redis and SMTP misbehaving."""
