@@ -1,9 +1,16 @@
-"""Putting job ids on the broker. A failure here loses nothing: the sweeper republishes."""
+"""Putting job ids on the broker. A failure here loses nothing: the sweeper republishes.
+
+A send task drains due jobs in batches (delivery.py), so a due job needs *a* message on the queue
+after its commit, not one of its own: `wake_workers` publishes one message per batch of new jobs,
+and none while enough messages already wait on the queue to drain everything that is due.
+"""
 
 import logging
 from collections.abc import Sequence
 
 from celery import current_app
+
+from .conf import option
 
 logger = logging.getLogger(__name__)
 
@@ -11,6 +18,26 @@ SEND_TASK = "notifications.tasks.send_email"
 # A countdown longer than this is not published: Redis would redeliver such a message every
 # visibility timeout. The sweeper publishes the job when it falls due instead.
 MAX_COUNTDOWN = 300.0
+QUEUE = "email"
+
+
+def wake_workers(job_ids: Sequence[int]) -> int:
+    """Make sure these due, committed jobs will be drained; returns the messages published."""
+    if not job_ids:
+        return 0
+    waiting = _messages_waiting()
+    if waiting is not None and waiting >= option("WAKE_QUEUE_DEPTH"):
+        return 0  # those messages' tasks will claim these jobs too
+    return publish_jobs(list(job_ids)[:: option("BATCH_SIZE")])
+
+
+def _messages_waiting() -> int | None:
+    """Messages on the queue not yet taken by a worker; None when it cannot be told."""
+    try:
+        with current_app.connection_for_write() as connection:
+            return int(connection.default_channel.client.llen(QUEUE))
+    except Exception:  # not Redis, or Redis down: publish, and let that fail or not
+        return None
 
 
 def publish_jobs(job_ids: Sequence[int], *, countdown: float | None = None) -> int:

@@ -78,9 +78,7 @@ def _priority(value: str | int | None) -> int:
 
 
 def _publish_new(jobs: list[EmailJob], now: datetime) -> None:
-    due = [job.pk for job in jobs if job.next_attempt_at <= now]
-    if due:
-        publishing.publish_jobs(due)
+    publishing.wake_workers([job.pk for job in jobs if job.next_attempt_at <= now])
     for job in jobs:
         if job.next_attempt_at > now:  # scheduled: a countdown, or the sweeper when it is far off
             publishing.publish_jobs([job.pk], countdown=(job.next_attempt_at - now).total_seconds())
@@ -113,7 +111,7 @@ def recover_jobs(*, now: datetime | None = None) -> dict[str, int]:
         EmailJob.objects.filter(pk__in=lost, status=Status.PENDING).update(dispatched_at=now)
     republish = released + lost
     if republish:
-        publishing.publish_jobs(republish)
+        publishing.wake_workers(republish)
     if republish or expired:
         logger.info(
             "recovery: %d expired lease(s) released, %d job(s) republished, %d expired",

@@ -14,7 +14,7 @@ from tests.factories import make_message
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def queued_job_ids(broker) -> list[int]:
+def queued_job_ids(broker) -> list[str]:
     messages = broker.client().lrange("email", 0, -1)
     return [json.loads(m)["headers"]["argsrepr"] for m in messages]
 
@@ -45,11 +45,22 @@ def test_publish_waits_for_commit_and_a_rollback_leaves_nothing(broker):
     assert broker.client().llen("email") == 1
 
 
-def test_send_mass_mail_creates_one_job_per_message(broker):
+def test_send_mass_mail_creates_one_job_per_message_and_a_message_per_batch(broker, settings):
+    settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "BATCH_SIZE": 20}
     batch = [("s", "b", "from@example.org", [f"user{i}@example.org"]) for i in range(50)]
     assert send_mass_mail(batch) == 50
     assert EmailJob.objects.count() == 50
-    assert broker.client().llen("email") == 50
+    first, eleventh, last = EmailJob.objects.order_by("pk").values_list("pk", flat=True)[::20]
+    # Each message's task claims its job and the due jobs after it, a batch at a time.
+    assert sorted(queued_job_ids(broker)) == sorted([f"({first},)", f"({eleventh},)", f"({last},)"])
+
+
+def test_no_wake_up_message_while_enough_wait_on_the_queue(broker, settings):
+    settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "WAKE_QUEUE_DEPTH": 3}
+    for i in range(5):
+        send_mail("s", "b", "from@example.org", [f"user{i}@example.org"])
+    assert EmailJob.objects.count() == 5
+    assert broker.client().llen("email") == 3  # the fourth and fifth ride on those three
 
 
 def test_bulk_service_returns_saved_jobs(broker):

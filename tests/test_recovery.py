@@ -43,11 +43,12 @@ def test_worker_sigkilled_mid_batch_loses_nothing(start_worker, smtp):
     received = smtp.by_message_id()
     duplicates = sum(n - 1 for n in received.values())
     print(
-        f"\nSIGKILL mid-batch: {total} jobs, {in_flight} in flight at the kill, "
+        f"\nSIGKILL mid-batch: {total} jobs, {in_flight} claimed (in flight) at the kill, "
         f"{duplicates} duplicate(s) at the SMTP server"
     )
     assert set(received) == message_ids  # nothing lost
-    assert duplicates <= in_flight <= concurrency
+    # Batches put many jobs in flight, but each process has one message on the wire at a time.
+    assert duplicates <= concurrency
     assert EmailJob.objects.exclude(status=Status.SENT).count() == 0
 
 

@@ -141,6 +141,8 @@ NOTIFICATIONS = {
     "CONFIG_ERROR_DELAY": env.float("EMAIL_CONFIG_ERROR_DELAY", default=60.0),
     "LEASE_SECONDS": env.float("EMAIL_LEASE_SECONDS", default=40.0),
     "BATCH_SIZE": env.int("EMAIL_BATCH_SIZE", default=20),
+    # No new wake-up message while this many already wait on the queue (each drains batches).
+    "WAKE_QUEUE_DEPTH": env.int("EMAIL_WAKE_QUEUE_DEPTH", default=8),
     # Per SMTP account, across every worker: e.g. "14/s" (SES) or "20/s,2000/d" (Gmail).
     "RATE_LIMITS": env.str("EMAIL_RATE_LIMITS", default=""),
     "CIRCUIT_BREAKER": env.bool("EMAIL_CIRCUIT_BREAKER", default=True),
