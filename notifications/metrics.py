@@ -1,10 +1,11 @@
 """Every Prometheus metric of the queue, defined once.
 
-Nothing is kept in process memory. Each settled attempt is tallied in Redis (the broker, or
-METRICS_REDIS_URL) by the worker process that made it, and the web process reads the tallies when
-it is scraped; queue depth is counted in the database at scrape time. So the figures are the same
-whichever process serves /metrics, on whichever host, and a restart of a worker or of the web
-process, or a purge of old jobs, never makes a counter go backwards. See docs/prometheus/README.md.
+Nothing is kept in process memory. Each settled attempt is tallied in Redis (METRICS_REDIS_URL,
+else EMAIL_REDIS_URL, which defaults to the broker) by the worker process that made it, and the
+web process reads the tallies when it is scraped; queue depth is counted in the database at
+scrape time. So the figures are the same whichever process serves /metrics, on whichever host,
+and a restart of a worker or of the web process, or a purge of old jobs, never makes a counter go
+backwards. See docs/prometheus/README.md.
 """
 
 import logging
@@ -13,7 +14,6 @@ from bisect import bisect_left
 from collections.abc import Iterator
 
 import redis
-from celery import current_app
 from django.db import DatabaseError
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -22,6 +22,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from . import shared_redis
 from .conf import option
 from .models import EmailAttempt
 from .selectors import FAILURE_OUTCOMES, counts_by_status
@@ -42,20 +43,10 @@ TIMED_OUTCOMES = tuple(o for o in Outcome.values if o != Outcome.LOST)
 
 # One Redis hash holds every tally, so a scrape reads a consistent snapshot with one HGETALL.
 TALLY_KEY = "vertex_email:metrics:v1"
-REDIS_TIMEOUT = 2.0  # seconds; a sick Redis must not hold up a worker for long
-
-_clients: dict[str, redis.Redis] = {}
 
 
 def _redis() -> redis.Redis:
-    url = option("METRICS_REDIS_URL") or current_app.conf.broker_url
-    client = _clients.get(url)
-    if client is None:  # redis-py's pool reconnects by itself in a forked worker process
-        client = redis.Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
-        )
-        _clients[url] = client
-    return client
+    return shared_redis.client(option("METRICS_REDIS_URL") or None)
 
 
 def _bound(duration: float) -> float:

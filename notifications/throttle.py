@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 
 import redis
-from django.conf import settings
 
+from . import shared_redis
 from .conf import SmtpSettings, option
 
 logger = logging.getLogger(__name__)
@@ -38,14 +38,9 @@ end
 return 0
 """
 
-_client: dict[str, redis.Redis] = {}
-
 
 def client() -> redis.Redis:
-    url = settings.EMAIL_REDIS_URL
-    if url not in _client:
-        _client[url] = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    return _client[url]
+    return shared_redis.client()
 
 
 def parse_limits(text: str) -> list[tuple[int, int]]:

@@ -14,7 +14,7 @@ from django.core.mail import send_mail
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from notifications import metrics, metrics_views, services
+from notifications import metrics, metrics_views, services, shared_redis
 from notifications.models import EmailJob
 from tests.support.processes import free_port, wait_until
 
@@ -123,7 +123,7 @@ def test_counters_are_exact_across_worker_processes_restarts_and_purges(start_wo
     assert len(pool_processes_that_sent(worker)) >= 2  # the counts were made in several processes
 
     # The web process keeps nothing between scrapes: a fresh Redis client is a restarted web.
-    metrics._clients.clear()
+    shared_redis._clients.clear()
     assert email_figures(scrape(client)) == first
 
     # A purge deletes the jobs and their attempts; the counters must not go back.
