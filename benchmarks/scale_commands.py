@@ -1,0 +1,286 @@
+"""How the operator commands and the stats API behave on a million jobs. Prints figures; no test.
+
+Builds a throwaway database (SQLite by default; --database-url for another, whose EmailJob and
+EmailAttempt rows are REPLACED), migrates it, fills it with --jobs jobs spread over --days days
+(about 96% sent with one attempt, 3% failed with five, 1% cancelled, a few hundred pending and
+sending in the last minutes; --healthy-days: no failures that recently), then times, in this
+process:
+
+  - each query behind `email_queue stats` and the API, with its query plan
+  - `email_queue stats --json`, `failed --limit 20`, `purge --dry-run`
+  - GET /api/monitoring/email-stats through Django's test client, logged in as a superuser
+  - `email_queue purge --status sent --older-than --purge-days` (last: it deletes)
+
+    .venv/bin/python benchmarks/scale_commands.py             # 1,000,000 jobs, /tmp/scale.sqlite3
+    .venv/bin/python benchmarks/scale_commands.py --reuse     # keep the rows of an earlier run
+    .venv/bin/python benchmarks/scale_commands.py --database-url postgres://u:p@127.0.0.1/scale_db
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from datetime import timedelta
+from io import StringIO
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNK = 20_000
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default="sqlite:////tmp/scale.sqlite3")
+    parser.add_argument("--jobs", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=60, help="Spread of created_at (60).")
+    parser.add_argument("--purge-days", type=int, default=30)
+    parser.add_argument(
+        "--healthy-days",
+        type=int,
+        default=0,
+        help="No job failed in the last N days (a healthy queue: recent errors are far back).",
+    )
+    parser.add_argument("--mime-bytes", type=int, default=1500, help="Size of each stored message.")
+    parser.add_argument("--repeat", type=int, default=5, help="Runs of each read; median shown.")
+    parser.add_argument("--reuse", action="store_true", help="Keep the rows already there.")
+    parser.add_argument("--no-purge", action="store_true", help="Skip the (destructive) purge.")
+    return parser.parse_args()
+
+
+def setup_django(database_url: str) -> None:
+    os.environ["DATABASE_URL"] = database_url
+    os.environ.setdefault("DJANGO_DEBUG", "false")  # DEBUG would keep every query in memory
+    os.environ.setdefault("DJANGO_ENV", "development")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vertex_email.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+
+
+def timed(repeat: int, function) -> tuple[float, object]:
+    """Median wall time in milliseconds over `repeat` runs, and the last result."""
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = function()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times), result
+
+
+def build(jobs: int, days: int, mime_bytes: int, healthy_days: int) -> None:
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM notifications_emailattempt")
+        cursor.execute("DELETE FROM notifications_emailjob")
+    job_sql, job_row = _job_insert(connection)
+    attempt_sql = (
+        "INSERT INTO notifications_emailattempt (job_id, number, started_at, duration_seconds,"
+        " outcome, smtp_code, error) VALUES (%s, %s, %s, 0.05, %s, %s, %s)"
+    )
+    at = connection.ops.adapt_datetimefield_value  # SQLite stores naive UTC text, as Django does
+    now, mime = timezone.now(), b"x" * mime_bytes
+    span, healthy = timedelta(days=days).total_seconds(), timedelta(days=healthy_days)
+    start = time.perf_counter()
+    for first in range(1, jobs + 1, CHUNK):
+        job_rows, attempt_rows = [], []
+        for pk in range(first, min(first + CHUNK, jobs + 1)):
+            when = now - timedelta(seconds=span * (jobs - pk) / jobs + 1)
+            status, attempts, code, error = _fate(pk, jobs, healthy=now - when < healthy)
+            address = f"user{pk % 50_000}@example.org"
+            sent_at = at(when + timedelta(seconds=1)) if status == "sent" else None
+            job_rows.append(
+                job_row(
+                    id=pk,
+                    status=status,
+                    from_email="app@example.org",
+                    envelope_from="app@example.org",
+                    recipient=address,
+                    to=[address],
+                    envelope_recipients=[address],
+                    subject=f"Message {pk}",
+                    body="body",
+                    message_id=f"<{pk}@scale.example>",
+                    mime_message=mime,
+                    size_bytes=mime_bytes,
+                    attempts=attempts,
+                    last_error=error,
+                    last_smtp_code=code,
+                    smtp_response="250 OK" if status == "sent" else "",
+                    next_attempt_at=at(when),
+                    dispatched_at=at(when),
+                    created_at=at(when),
+                    updated_at=sent_at or at(when),
+                    sent_at=sent_at,
+                )
+            )
+            for number in range(1, attempts + 1 if status in ("sent", "failed") else 1):
+                last = number == attempts
+                outcome = "sent" if status == "sent" else ("failed" if last else "retry")
+                attempt_code = code if last or status == "sent" else 451
+                attempt_error = error if last else "451 4.7.1 try again later"
+                started = at(when + timedelta(seconds=number))
+                attempt_rows.append((pk, number, started, outcome, attempt_code, attempt_error))
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.executemany(job_sql, job_rows)
+            cursor.executemany(attempt_sql, attempt_rows)
+        print(f"\rbuilding: {min(first + CHUNK - 1, jobs):,}/{jobs:,}", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT setval(pg_get_serial_sequence('notifications_emailjob', 'id'), %s)", [jobs]
+            )
+            cursor.execute("VACUUM ANALYZE notifications_emailjob")
+            cursor.execute("VACUUM ANALYZE notifications_emailattempt")
+        else:
+            cursor.execute("ANALYZE")
+    print(f"built {jobs:,} jobs in {time.perf_counter() - start:.0f}s")
+
+
+def _job_insert(connection):
+    """The INSERT for every column of EmailJob, and a function making a row of it: the values
+    given, each other column its model default (so new columns need no change here)."""
+    from notifications.models import EmailJob
+
+    fields = EmailJob._meta.concrete_fields
+    json_fields = {f.attname: f for f in fields if f.get_internal_type() == "JSONField"}
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    marks = ", ".join(["%s"] * len(fields))
+    sql = f"INSERT INTO notifications_emailjob ({columns}) VALUES ({marks})"  # noqa: S608
+    defaults = {f.attname: f.get_db_prep_save(f.get_default(), connection) for f in fields}
+
+    def row(**values) -> tuple:
+        for name in values.keys() & json_fields.keys():
+            values[name] = json_fields[name].get_db_prep_save(values[name], connection)
+        return tuple(values.get(f.attname, defaults[f.attname]) for f in fields)
+
+    return sql, row
+
+
+def _fate(pk: int, jobs: int, healthy: bool) -> tuple[str, int, int | None, str]:
+    """(status, attempts, last code, last error) of job `pk`; the newest ones are still queued."""
+    if pk > jobs - 30:
+        return "sending", 1, None, ""
+    if pk > jobs - 500:
+        return "pending", 0, None, ""
+    share = pk % 100
+    if share < 3 and not healthy:
+        return "failed", 5, 550, "550 5.1.1 <user@example.org>: Recipient address rejected"
+    if share == 3:
+        return "cancelled", 0, None, ""
+    return "sent", 1, 250, ""
+
+
+def explain(queryset) -> str:
+    plan = queryset.explain()
+    return " | ".join(line.strip() for line in plan.splitlines() if line.strip())
+
+
+def report_queries(repeat: int) -> None:
+    from django.db.models import Count
+    from django.utils import timezone
+
+    from notifications import selectors
+    from notifications.models import EmailAttempt, EmailJob
+
+    hour = timedelta(hours=1)
+    queries = [
+        ("counts_by_status", selectors.counts_by_status,
+         EmailJob.objects.order_by().values("status").annotate(n=Count("*"))),
+        ("oldest_pending_age_seconds", selectors.oldest_pending_age_seconds,
+         EmailJob.objects.filter(status="pending").order_by("created_at")[:1]),
+        ("attempt_outcomes(1 h)", lambda: selectors.attempt_outcomes(hour),
+         EmailAttempt.objects.filter(started_at__gte=timezone.now() - hour).order_by()
+         .values("outcome").annotate(n=Count("*"))),
+        ("recent_errors(10)", lambda: selectors.recent_errors(10),
+         EmailAttempt.objects.filter(outcome__in=selectors.FAILURE_OUTCOMES).order_by("-started_at")[:10]),
+        ("failed_jobs(20)", lambda: selectors.failed_jobs(limit=20),
+         EmailJob.objects.filter(status="failed").order_by("-created_at", "-pk")[:20]),
+    ]  # fmt: skip
+    print("\nqueries (median ms)")
+    for name, function, plan_of in queries:
+        ms, _ = timed(repeat, function)
+        print(f"  {name:<28} {ms:8.1f}")
+        if plan_of is not None:
+            print(f"    plan: {explain(plan_of)[:300]}")
+
+
+def run_command(*args: str) -> str:
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("email_queue", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def report_commands(repeat: int, purge_days: int) -> None:
+    print("\ncommands, in process (median ms)")
+    for args in (
+        ("stats", "--json"),
+        ("failed", "--limit", "20"),
+        ("purge", "--status", "sent", "--older-than", str(purge_days), "--dry-run"),
+    ):
+        ms, out = timed(repeat, lambda args=args: run_command(*args))
+        print(f"  email_queue {' '.join(args):<52} {ms:8.1f}   {out.splitlines()[0][:60]}")
+
+
+def report_api(repeat: int) -> None:
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+    from django.test.utils import setup_test_environment
+
+    setup_test_environment()  # lets the test client's host in
+    user, _ = get_user_model().objects.get_or_create(
+        username="scale-benchmark", defaults={"is_staff": True, "is_superuser": True}
+    )
+    client = Client()
+    client.force_login(user)
+    ms, response = timed(repeat, lambda: client.get("/api/monitoring/email-stats"))
+    body = response.json()
+    print(
+        f"\nGET /api/monitoring/email-stats (median ms) {ms:8.1f}   status {response.status_code}"
+    )
+    print(f"  pending {body['pending']:,}, sent {body['sent']:,}, failed {body['failed']:,}, "
+          f"{len(body['recent_errors'])} recent errors")  # fmt: skip
+
+
+def report_purge(purge_days: int) -> None:
+    from notifications.models import EmailAttempt, EmailJob
+
+    before = EmailJob.objects.count(), EmailAttempt.objects.count()
+    start = time.perf_counter()
+    out = run_command("purge", "--status", "sent", "--older-than", str(purge_days), "--json")
+    seconds = time.perf_counter() - start
+    after = EmailJob.objects.count(), EmailAttempt.objects.count()
+    print(f"\npurge --status sent --older-than {purge_days}: {seconds:.1f}s   {out.strip()}")
+    print(f"  jobs {before[0]:,} -> {after[0]:,}, attempts {before[1]:,} -> {after[1]:,}")
+    ms, _ = timed(1, lambda: run_command("stats", "--json"))
+    print(f"  stats --json after the purge: {ms:.1f} ms")
+
+
+def main() -> None:
+    args = parse_args()
+    setup_django(args.database_url)
+    from django.core.management import call_command
+    from django.db import connection
+
+    from notifications.models import EmailJob
+
+    call_command("migrate", verbosity=0)
+    print(f"database: {connection.vendor} {connection.settings_dict['NAME']}")
+    if not (args.reuse and EmailJob.objects.exists()):
+        build(args.jobs, args.days, args.mime_bytes, args.healthy_days)
+    print(f"{EmailJob.objects.count():,} jobs")
+    report_queries(args.repeat)
+    report_commands(args.repeat, args.purge_days)
+    report_api(args.repeat)
+    if not args.no_purge:
+        report_purge(args.purge_days)
+
+
+if __name__ == "__main__":
+    main()
