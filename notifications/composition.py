@@ -82,6 +82,15 @@ def _attachment_summary(message: EmailMessage) -> list[dict]:
     for attachment in message.attachments:
         if isinstance(attachment, tuple):
             filename, content, mimetype = attachment
+            if not isinstance(content, (str, bytes)):
+                raise EmailRejected(
+                    f"attachment {filename!r}: content must be text or bytes, "
+                    f"not {type(content).__name__}"
+                )
+            if not isinstance(filename, (str, type(None))) or not isinstance(
+                mimetype, (str, type(None))
+            ):
+                raise EmailRejected(f"attachment {filename!r}: filename and type must be text")
             size = len(content.encode(ENCODING) if isinstance(content, str) else content)
         else:  # a ready MIMEBase part
             filename, mimetype = attachment.get_filename(), attachment.get_content_type()
@@ -122,11 +131,13 @@ def job_fields(message: EmailMessage) -> dict:
     if message_id is None:
         message_id = make_msgid(domain=option("MESSAGE_ID_DOMAIN"))
         headers["Message-ID"] = message_id
+    attachments = _attachment_summary(message)
     rendered = copy.copy(message)
     rendered.extra_headers = headers
+    rendered.subject, rendered.body = subject, message.body or ""  # None would render as "None"
     try:
         mime = rendered.message().as_bytes(linesep="\r\n")
-    except ValueError as exc:  # BadHeaderError and address errors Django finds while rendering
+    except (ValueError, TypeError) as exc:  # what Django finds wrong while rendering
         raise EmailRejected(f"the message cannot be rendered: {exc}") from exc
     limit = option("MAX_MESSAGE_BYTES")
     if len(mime) > limit:
@@ -143,7 +154,7 @@ def job_fields(message: EmailMessage) -> dict:
         "body": body,
         "html_body": html_body,
         "headers": {k: v for k, v in headers.items() if k.lower() != "message-id"},
-        "attachments": _attachment_summary(message),
+        "attachments": attachments,
         "message_id": message_id,
         "envelope_from": envelope_from,
         "envelope_recipients": recipients,

@@ -63,40 +63,53 @@ def claim_jobs(*, job_id: int | None, now: datetime, limit: int) -> list[EmailJo
 
 
 def deliver_job(*, job_id: int) -> str | None:
-    """Claim and send this one job; returns the attempt's outcome, or None if none was claimed."""
+    """Claim and send this one job; returns the attempt's outcome, or None if none was made."""
+    wait, probing = throttle.circuit_wait()
+    if wait:
+        return None  # sending is paused; the job stays pending with its attempts unused
     jobs = claim_jobs(job_id=job_id, now=timezone.now(), limit=1)
     if not jobs or jobs[0].pk != job_id:
         _release(jobs)
         _republish_if_early(job_id)
         return None
-    outcomes = _send_batch(jobs)
-    return outcomes[0] if outcomes else None  # None: released unattempted, sending is paused
+    outcomes = _send_batch(jobs, probing=probing)
+    return outcomes[0] if outcomes else None
 
 
 def deliver_due_jobs(*, job_id: int | None) -> int:
-    """The send task: this job first, then due jobs in batches, within half a lease of time."""
+    """The send task: this job first, then due jobs in batches, within half a lease of time.
+
+    While sending is paused nothing is claimed: the jobs stay pending, and the message that paused
+    everyone scheduled the wake-up. A probe is one job; once it goes through, batches resume.
+    """
+    wait, probing = throttle.circuit_wait()
+    if wait:
+        _wake_after_pause(job_id, wait)
+        return 0
     deadline = time.monotonic() + option("LEASE_SECONDS") / 2
-    batch_size, attempted, first = option("BATCH_SIZE"), 0, True
+    attempted, first = 0, True
     while time.monotonic() < deadline:
-        jobs = claim_jobs(job_id=job_id if first else None, now=timezone.now(), limit=batch_size)
+        limit = 1 if probing else option("BATCH_SIZE")
+        jobs = claim_jobs(job_id=job_id if first else None, now=timezone.now(), limit=limit)
         if first and (not jobs or jobs[0].pk != job_id):
             _republish_if_early(job_id)
         first = False
-        outcomes = _send_batch(jobs, deadline=deadline)
+        outcomes = _send_batch(jobs, deadline=deadline, probing=probing)
         attempted += len(outcomes)
-        if len(outcomes) < len(jobs) or len(jobs) < batch_size:
-            break  # stopped early (connection failure, out of time) or nothing more is due
+        if probing and outcomes and not throttle.circuit_state().open:
+            probing = False  # the probe went through: carry on in full batches
+            continue
+        if len(outcomes) < len(jobs) or len(jobs) < limit:
+            break  # stopped early (a pause, out of time) or nothing more is due
     return attempted
 
 
-def _send_batch(jobs: list[EmailJob], *, deadline: float | None = None) -> list[str]:
+def _send_batch(
+    jobs: list[EmailJob], *, deadline: float | None = None, probing: bool = False
+) -> list[str]:
     """Send each claimed job; on a pause, a connection-wide failure or the deadline, release the
     rest unattempted."""
     if not jobs:
-        return []
-    wait, probing = throttle.circuit_wait()
-    if wait:
-        _release(jobs, delay=wait)
         return []
     try:
         smtp_settings = get_smtp_settings()  # once a batch: a change applies from the next one
@@ -120,11 +133,18 @@ def _send_batch(jobs: list[EmailJob], *, deadline: float | None = None) -> list[
             # lose an attempt each. Everyone pauses (the circuit breaker) and they wait.
             delay = throttle.trip_circuit(str(error)) or _delay_after(outcome, job)
             _release(jobs[index + 1 :], delay=delay)
+            _wake_after_pause(job.pk, delay)
             break
         if probing:
             throttle.close_circuit()
             probing = False
     return outcomes
+
+
+def _wake_after_pause(job_id: int | None, wait: float) -> None:
+    """One message, for everyone, to try again when the pause ends."""
+    if job_id is not None and throttle.claim_wakeup(wait):
+        publishing.publish_jobs([job_id], countdown=wait + 0.05)
 
 
 def _settle_unsent(job: EmailJob, error: SendError) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 from django.core.mail import EmailMessage
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import metrics, publishing, selectors
@@ -45,10 +45,27 @@ def enqueue_emails(
         )
         for message in messages
     ]
-    with transaction.atomic():
-        EmailJob.objects.bulk_create(jobs, batch_size=500)
-        transaction.on_commit(lambda: _publish_new(jobs, now))
+    _refuse_reused_message_ids([job.message_id for job in jobs])
+    try:
+        with transaction.atomic():
+            EmailJob.objects.bulk_create(jobs, batch_size=500)
+            transaction.on_commit(lambda: _publish_new(jobs, now))
+    except IntegrityError:  # a Message-ID committed by someone else meanwhile
+        _refuse_reused_message_ids([job.message_id for job in jobs])
+        raise
     return jobs
+
+
+def _refuse_reused_message_ids(message_ids: list[str]) -> None:
+    """A Message-ID names one message: a second job with it would be a duplicate by design."""
+    seen, repeated = set(), set()
+    for message_id in message_ids:
+        (repeated if message_id in seen else seen).add(message_id)
+    taken = EmailJob.objects.filter(message_id__in=seen).values_list("message_id", "pk")
+    for message_id, pk in taken[:1]:
+        raise EmailRejected(f"Message-ID {message_id} is already queued as job {pk}")
+    if repeated:
+        raise EmailRejected(f"Message-ID {sorted(repeated)[0]} is given to two messages")
 
 
 def _scheduling(message: EmailMessage, now: datetime, **defaults) -> dict:

@@ -109,7 +109,7 @@ class SmtpClient:
             )
         try:
             if settings.use_tls:
-                smtp.starttls(context=ssl.create_default_context())
+                _starttls(smtp)
             if settings.username:
                 smtp.login(settings.username, settings.password)
         except BaseException:
@@ -190,6 +190,18 @@ class SmtpClient:
     def _reset(smtp: smtplib.SMTP) -> None:
         with contextlib.suppress(smtplib.SMTPException, OSError):
             smtp.rset()
+
+
+def _starttls(smtp: smtplib.SMTP) -> None:
+    """STARTTLS, where any refusal is our configuration (a server or port without TLS)."""
+    try:
+        smtp.starttls(context=ssl.create_default_context())
+    except smtplib.SMTPResponseException as exc:
+        raise SmtpConfigurationError(
+            f"the SMTP server refused STARTTLS ({exc.smtp_code} {_text(exc.smtp_error)}); check "
+            "SMTP_USE_TLS and the port (587 is STARTTLS, 465 is SSL)",
+            code=exc.smtp_code,
+        ) from exc
 
 
 class _BeforeData(Exception):

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 PREFIX = "vertex_email:"
 CIRCUIT_KEY = PREFIX + "circuit"
 PROBE_KEY = PREFIX + "circuit:probe"
+WAKEUP_KEY = PREFIX + "circuit:wakeup"
 WINDOWS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 # Check every window first, then count the send in all of them: atomic across processes.
@@ -116,6 +117,14 @@ def circuit_wait() -> tuple[float, bool]:
     except redis.RedisError:
         return 0.0, True
     return (0.0, True) if won else (1.0, False)
+
+
+def claim_wakeup(wait: float) -> bool:
+    """True for the one caller that should schedule the wake-up at the end of this pause."""
+    try:
+        return bool(client().set(WAKEUP_KEY, "1", nx=True, px=max(1, int(wait * 1000))))
+    except redis.RedisError:
+        return True
 
 
 def trip_circuit(reason: str) -> float:

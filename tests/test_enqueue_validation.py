@@ -105,3 +105,30 @@ def test_valid_unusual_addresses_are_accepted(address):
     assert send_mail("s", "b", "from@example.org", [address]) == 1
     job = EmailJob.objects.get()
     assert all(a.isascii() for a in job.envelope_recipients)
+
+
+def test_a_message_id_already_queued_is_refused_clearly():
+    services.enqueue_email(
+        message=EmailMessage("s", "b", to=[GOOD], headers={"Message-ID": "<x@y>"})
+    )
+    again = EmailMessage("s", "b", to=[GOOD], headers={"Message-ID": "<x@y>"})
+    with pytest.raises(EmailRejected, match=r"Message-ID <x@y> is already queued as job \d+"):
+        services.enqueue_email(message=again)
+    twice = [EmailMessage("s", "b", to=[GOOD], headers={"Message-ID": "<z@y>"}) for _ in range(2)]
+    with pytest.raises(EmailRejected, match="given to two messages"):
+        services.enqueue_emails(messages=twice)
+    assert EmailJob.objects.count() == 1
+
+
+def test_attachment_content_of_the_wrong_type_is_refused():
+    message = EmailMessage("s", "b", to=[GOOD])
+    message.attachments.append(("n.txt", 42, "text/plain"))
+    with pytest.raises(EmailRejected, match="content must be text or bytes, not int"):
+        services.enqueue_email(message=message)
+    assert EmailJob.objects.count() == 0
+
+
+def test_a_missing_subject_is_sent_empty_not_as_none():
+    job = services.enqueue_email(message=EmailMessage(None, None, to=[GOOD]))
+    assert b"Subject: None" not in bytes(job.mime_message)
+    assert job.subject == "" and job.body == ""
