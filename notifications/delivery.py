@@ -32,20 +32,23 @@ Outcome = EmailAttempt.Outcome
 SEND_FIELDS = ("pk", "attempts", "envelope_from", "envelope_recipients", "mime_message")
 
 
-def claim_jobs(*, job_id: int | None, now: datetime, limit: int) -> list[EmailJob]:
-    """Claim `job_id` (if due) and up to `limit` due jobs in all; returns them, `job_id` first."""
+def claim_jobs(
+    *, job_id: int | None, now: datetime, limit: int, others: bool = True
+) -> list[EmailJob]:
+    """Claim `job_id` (if due) and, unless `others` is false, other due jobs, `limit` in all;
+    returns them, `job_id` first."""
     token = uuid.uuid4().hex
     with transaction.atomic():
         due = EmailJob.objects.filter(status=Status.PENDING, next_attempt_at__lte=now).exclude(
             expires_at__lte=now
         )
         ids = list(due.filter(pk=job_id).values_list("pk", flat=True)) if job_id else []
-        if limit > len(ids):
-            others = due.exclude(pk__in=ids).order_by("priority", "next_attempt_at", "pk")
+        if others and limit > len(ids):
+            candidates = due.exclude(pk__in=ids).order_by("priority", "next_attempt_at", "pk")
             # PostgreSQL: concurrent claimers skip each other's rows; SQLite: a no-op, as its
             # IMMEDIATE transaction already serializes claimers.
-            others = others.select_for_update(skip_locked=True, of=("self",))
-            ids += list(others.values_list("pk", flat=True)[: limit - len(ids)])
+            candidates = candidates.select_for_update(skip_locked=True, of=("self",))
+            ids += list(candidates.values_list("pk", flat=True)[: limit - len(ids)])
         if not ids:
             return []
         EmailJob.objects.filter(pk__in=ids, status=Status.PENDING).update(
@@ -67,9 +70,8 @@ def deliver_job(*, job_id: int) -> str | None:
     wait, probing = throttle.circuit_wait()
     if wait:
         return None  # sending is paused; the job stays pending with its attempts unused
-    jobs = claim_jobs(job_id=job_id, now=timezone.now(), limit=1)
-    if not jobs or jobs[0].pk != job_id:
-        _release(jobs)
+    jobs = claim_jobs(job_id=job_id, now=timezone.now(), limit=1, others=False)
+    if not jobs:
         _republish_if_early(job_id)
         return None
     outcomes = _send_batch(jobs, probing=probing)
