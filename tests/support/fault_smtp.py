@@ -41,6 +41,7 @@ class Faults:
     stall_first: int = 0  # the next N messages are stored, then answered after stall_seconds
     stall_seconds: float = 0.0
     drop_first: int = 0  # the proxy cuts the next N DATA transfers ...
+    drop_rate: float = 0.0  # ... and this fraction of them ...
     drop_after_bytes: int = 512  # ... after this many bytes of message data
     credentials: tuple[str, str] | None = None  # AUTH accepts only these; None: AUTH optional
     starttls: str = "absent"  # "absent": not advertised; "454": advertised, answered 454
@@ -314,6 +315,8 @@ class DataCuttingProxy:
             faults = self.owner.faults
             if faults.drop_first > 0:
                 faults.drop_first -= 1
+                return faults.drop_after_bytes
+            if faults.drop_rate and faults.random.random() < faults.drop_rate:
                 return faults.drop_after_bytes
         return None
 
