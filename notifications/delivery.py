@@ -132,14 +132,21 @@ def _send_batch(
         outcomes.append(outcome)
         if _affects_every_message(error):
             # The server is unreachable or refuses us: the others would fail the same way and
-            # lose an attempt each. Everyone pauses (the circuit breaker) and they wait.
-            delay = throttle.trip_circuit(str(error)) or _delay_after(outcome, job)
-            _release(jobs[index + 1 :], delay=delay)
-            _wake_after_pause(job.pk, delay)
-            break
-        if probing:
+            # lose an attempt each. Everyone pauses (the circuit breaker) and they wait; one
+            # dropped connection alone pauses nobody.
+            paused = throttle.record_connection_failure(
+                str(error), certain=probing or isinstance(error, SmtpConfigurationError)
+            )
+            if paused or not option("CIRCUIT_BREAKER"):
+                delay = paused or _delay_after(outcome, job)
+                _release(jobs[index + 1 :], delay=delay)
+                _wake_after_pause(job.pk, delay)
+                break
+        elif probing:
             throttle.close_circuit()
             probing = False
+    if Outcome.SENT in outcomes:
+        throttle.record_success()
     return outcomes
 
 

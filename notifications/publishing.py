@@ -33,9 +33,9 @@ def wake_workers(job_ids: Sequence[int]) -> int:
 
 def _messages_waiting() -> int | None:
     """Messages on the queue not yet taken by a worker; None when it cannot be told."""
-    try:
-        with current_app.connection_for_write() as connection:
-            return int(connection.default_channel.client.llen(QUEUE))
+    try:  # a pooled connection: opening one per call cost more than the publish it saves
+        with current_app.producer_or_acquire() as producer:
+            return int(producer.channel.client.llen(QUEUE))
     except Exception:  # not Redis, or Redis down: publish, and let that fail or not
         return None
 

@@ -6,6 +6,7 @@ reached they let sending go on: the broker is then down too, and the database st
 against duplicates.
 """
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -127,6 +128,33 @@ def claim_wakeup(wait: float) -> bool:
         return True
 
 
+STREAK_KEY = PREFIX + "circuit:streak"
+
+
+def record_connection_failure(reason: str, *, certain: bool) -> float:
+    """Count a failure of the connection (not of a message). The circuit opens on a `certain`
+    one (our configuration) or after EMAIL_CIRCUIT_THRESHOLD in a row, so one dropped connection
+    pauses nobody. Returns the seconds of pause, 0 when sending goes on."""
+    if not option("CIRCUIT_BREAKER"):
+        return 0.0
+    try:
+        pipe = client().pipeline()
+        pipe.incr(STREAK_KEY)
+        pipe.expire(STREAK_KEY, 60)
+        streak = pipe.execute()[0]
+    except redis.RedisError:
+        return 0.0
+    if certain or streak >= option("CIRCUIT_THRESHOLD") or circuit_state().open:
+        return trip_circuit(reason)
+    return 0.0
+
+
+def record_success() -> None:
+    """A message went through: the streak of connection failures starts again from zero."""
+    with contextlib.suppress(redis.RedisError):
+        client().delete(STREAK_KEY)
+
+
 def trip_circuit(reason: str) -> float:
     """Open (or keep open, backing off) the circuit; returns seconds until the next probe."""
     if not option("CIRCUIT_BREAKER"):
@@ -155,7 +183,7 @@ def trip_circuit(reason: str) -> float:
 
 def close_circuit() -> None:
     try:
-        removed = client().delete(CIRCUIT_KEY, PROBE_KEY)
+        removed = client().delete(CIRCUIT_KEY, PROBE_KEY, STREAK_KEY)
     except redis.RedisError:
         return
     if removed:

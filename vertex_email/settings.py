@@ -146,6 +146,9 @@ NOTIFICATIONS = {
     # Per SMTP account, across every worker: e.g. "14/s" (SES) or "20/s,2000/d" (Gmail).
     "RATE_LIMITS": env.str("EMAIL_RATE_LIMITS", default=""),
     "CIRCUIT_BREAKER": env.bool("EMAIL_CIRCUIT_BREAKER", default=True),
+    # Connection failures in a row (refused, timed out, dropped) that pause everyone; a refused
+    # login or TLS pauses at once.
+    "CIRCUIT_THRESHOLD": env.int("EMAIL_CIRCUIT_THRESHOLD", default=3),
     "CIRCUIT_BASE_DELAY": env.float("EMAIL_CIRCUIT_BASE_DELAY", default=5.0),
     "CIRCUIT_MAX_DELAY": env.float("EMAIL_CIRCUIT_MAX_DELAY", default=300.0),
     "SWEEP_INTERVAL": env.float("EMAIL_SWEEP_INTERVAL", default=15.0),
