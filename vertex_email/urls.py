@@ -1,4 +1,4 @@
-"""Root URLs: the admin and the Prometheus metrics endpoint."""
+"""Root URLs: the admin (and a short address for its settings page), the stats API, /metrics."""
 
 from django.contrib import admin
 from django.urls import include, path, reverse_lazy
