@@ -52,6 +52,7 @@ BODY = (
 )  # about 1 KB, a typical transactional message
 MESSAGE_ID_DOMAIN = "vertex-email.local"
 MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(\S+)", re.IGNORECASE | re.MULTILINE)
+SUBJECT_LINE = re.compile(rb"^Subject:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -62,12 +63,18 @@ class CountingHandler:
     def __init__(self, delay: float) -> None:
         self.delay = delay
         self.ids: Counter[str] = Counter()
+        self.first_seen: dict[str, float] = {}  # Message-ID -> time.time() of its first DATA
+        self.subjects: Counter[str] = Counter()  # compare.py numbers each message in its Subject
         self.count = 0
 
     async def handle_DATA(self, server, session, envelope) -> str:
         headers = envelope.original_content.split(b"\r\n\r\n", 1)[0]
         found = MESSAGE_ID.search(headers)
-        self.ids[found.group(1).decode("ascii", "replace") if found else "<none>"] += 1
+        message_id = found.group(1).decode("ascii", "replace") if found else "<none>"
+        self.ids[message_id] += 1
+        self.first_seen.setdefault(message_id, time.time())
+        subject = SUBJECT_LINE.search(headers)
+        self.subjects[subject.group(1).decode("utf-8", "replace") if subject else "<none>"] += 1
         self.count += 1
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -78,8 +85,14 @@ class CountingHandler:
             return {"count": self.count, "distinct": len(self.ids)}
         if line == "IDS":
             return dict(self.ids)
+        if line == "TIMES":
+            return self.first_seen
+        if line == "SUBJECTS":
+            return dict(self.subjects)
         if line == "RESET":
             self.ids.clear()
+            self.first_seen.clear()
+            self.subjects.clear()
             self.count = 0
             return {}
         return {"error": f"unknown command {line!r}"}
@@ -135,7 +148,8 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
 
 
 def start_process(args: list[str], **kwargs) -> subprocess.Popen:
-    process = subprocess.Popen(args, cwd=ROOT, start_new_session=True, **kwargs)
+    kwargs.setdefault("cwd", ROOT)
+    process = subprocess.Popen(args, start_new_session=True, **kwargs)
     STARTED.append(process)
     return process
 
@@ -256,6 +270,10 @@ class Catcher:
 
     def ids(self) -> dict[str, int]:
         return self.call("IDS")
+
+    def arrival_times(self) -> dict[str, float]:
+        """time.time() at which each Message-ID's DATA first arrived."""
+        return self.call("TIMES")
 
     def reset(self) -> None:
         self.call("RESET")

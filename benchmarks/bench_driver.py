@@ -1,0 +1,105 @@
+"""The producer side of one benchmark run, in the venv and Django project of the system measured.
+
+Started by compare.py as `<that venv's python> bench_driver.py MODE COUNT` in the project's
+directory, with DJANGO_SETTINGS_MODULE set. Needs nothing but Django (and what the project needs).
+It sets Django up, empties the tables named in BENCH_CLEAR_TABLES, prints READY, waits for GO on
+stdin, does its work and prints one line of JSON. Modes:
+
+  send_mail N   send_mail() N times on this thread; {"seconds": loop time}
+  bulk N        N messages in one call: send_mass_mail(), or with BENCH_BULK=enqueue_emails our
+                notifications.services.enqueue_emails(); {"seconds": call time}
+  latency N     ours only: N times send_mail(), note the time it returned and the job's Message-ID,
+                wait until the job is `sent` (idle queue) and 20 ms more; {"samples": [[id, t]]}
+
+BENCH_PROFILE=FILE writes a cProfile of the run there (setup included).
+
+The message is the one throughput.py sends (about 1 KB of text, one recipient), its Subject
+numbered "#BENCH_TOKEN-N" so that the catcher tells a message sent twice from two messages.
+"""
+
+import importlib
+import json
+import os
+import sys
+import time
+
+SENDER = "bench@example.com"
+RECIPIENT = "inbox@example.com"
+SUBJECT = "Your weekly summary"
+BODY = (
+    "Hello,\n\n"
+    + "This line stands for the text of an ordinary notification e-mail.\n" * 15
+    + "\nRegards,\nVertex\n"
+)
+
+
+def main(mode: str, count: int) -> dict:
+    sys.path.insert(0, os.getcwd())
+    import django
+
+    django.setup()
+    for module in filter(None, os.environ.get("BENCH_IMPORT", "").split(",")):
+        importlib.import_module(module)  # e.g. the Celery app, so that publishing finds its broker
+    from django.db import connection
+
+    tables = filter(None, os.environ.get("BENCH_CLEAR_TABLES", "").split(","))
+    with connection.cursor() as cursor:
+        for table in tables:
+            cursor.execute(f'DELETE FROM "{table}"')  # noqa: S608 - names from compare.py
+    from django.core.mail import EmailMessage, send_mail, send_mass_mail
+
+    token = os.environ.get("BENCH_TOKEN", "x")
+
+    def subject(number: int) -> str:  # each message numbered, so the catcher finds resends
+        return f"{SUBJECT} #{token}-{number}"
+
+    print("READY", flush=True)
+    if sys.stdin.readline().strip() != "GO":
+        return {"error": "no GO"}
+    if mode == "send_mail":
+        start = time.perf_counter()
+        for number in range(count):
+            send_mail(subject(number), BODY, SENDER, [RECIPIENT])
+        return {"seconds": time.perf_counter() - start}
+    if mode == "bulk":
+        start = time.perf_counter()
+        if os.environ.get("BENCH_BULK") == "enqueue_emails":
+            from notifications.services import enqueue_emails
+
+            enqueue_emails(
+                messages=[EmailMessage(subject(n), BODY, SENDER, [RECIPIENT]) for n in range(count)]
+            )
+        else:
+            send_mass_mail([(subject(n), BODY, SENDER, [RECIPIENT]) for n in range(count)])
+        return {"seconds": time.perf_counter() - start}
+    if mode == "latency":
+        from notifications.models import EmailJob
+
+        samples, slow = [], 0
+        for number in range(count):
+            send_mail(subject(number), BODY, SENDER, [RECIPIENT])
+            returned = time.time()
+            job = EmailJob.objects.order_by("-pk").values_list("pk", "message_id")[0]
+            samples.append([job[1], returned])
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if EmailJob.objects.filter(pk=job[0], status=EmailJob.Status.SENT).exists():
+                    break
+                time.sleep(0.002)
+            else:
+                slow += 1
+            time.sleep(0.02)
+        return {"samples": samples, "not_sent_within_5s": slow}
+    return {"error": f"unknown mode {mode!r}"}
+
+
+if __name__ == "__main__":
+    if os.environ.get("BENCH_PROFILE"):  # cProfile of the whole run, to that file
+        import cProfile
+
+        profiler = cProfile.Profile()
+        result = profiler.runcall(main, sys.argv[1], int(sys.argv[2]))
+        profiler.dump_stats(os.environ["BENCH_PROFILE"])
+    else:
+        result = main(sys.argv[1], int(sys.argv[2]))
+    print(json.dumps(result), flush=True)
