@@ -22,7 +22,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from . import shared_redis
+from . import shared_redis, throttle
 from .conf import option
 from .models import EmailAttempt
 from .selectors import FAILURE_OUTCOMES, counts_by_status
@@ -34,6 +34,7 @@ SENT_TOTAL = "vertex_ar_email_sent_total"
 FAILED_TOTAL = "vertex_ar_email_failed_total"
 QUEUE_DEPTH = "vertex_ar_email_queue_depth"
 SEND_DURATION = "vertex_ar_email_send_duration_seconds"
+SENDING_PAUSED = "vertex_ar_email_sending_paused"
 
 # Upper bounds of the send-duration buckets: an SMTP conversation takes milliseconds with a relay
 # next door, tenths of a second across the internet, and up to the SMTP timeout on a bad day.
@@ -127,6 +128,17 @@ def _queue_depth() -> Metric:
     return depth
 
 
+def _pauses() -> Metric:
+    """1 while every worker holds back: the circuit breaker is open, or a rate limit is reached."""
+    paused = GaugeMetricFamily(
+        SENDING_PAUSED, "1 while sending is paused, by reason.", labels=["reason"]
+    )
+    pauses = throttle.pauses()
+    paused.add_metric(["circuit_breaker"], 1.0 if pauses["circuit_open"] else 0.0)
+    paused.add_metric(["rate_limit"], 1.0 if pauses["rate_limited_for_seconds"] else 0.0)
+    return paused
+
+
 class QueueCollector:
     """Reads the tallies and the queue at scrape time; register it in a per-scrape registry.
 
@@ -142,6 +154,7 @@ class QueueCollector:
         else:
             yield from _counters(tallies)
             yield _histogram(tallies)
+            yield _pauses()
         try:
             yield _queue_depth()
         except DatabaseError as error:

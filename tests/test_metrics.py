@@ -27,6 +27,7 @@ EMAIL_FAMILIES = {
     "vertex_ar_email_failed_total": "counter",
     "vertex_ar_email_queue_depth": "gauge",
     "vertex_ar_email_send_duration_seconds": "histogram",
+    "vertex_ar_email_sending_paused": "gauge",
 }
 
 
@@ -176,7 +177,7 @@ def test_labels_are_bounded_outcomes_and_statuses(client, broker):
         if key[0].startswith("vertex_ar_email_")
         for name, value in key[1:]
     }
-    allowed = {"outcome", "status", "le"}
+    allowed = {"outcome", "status", "le", "reason"}
     assert set(labels) <= allowed
     outcomes = {v for key in scrape(client) for n, v in key[1:] if n == "outcome"}
     assert outcomes == {"sent", "retry", "failed", "deferred", "lost"}
@@ -373,3 +374,19 @@ def test_the_dashboard_and_the_alerts_use_only_exported_metric_names():
         used = set(re.findall(r"vertex_ar_email_\w+", path.read_text()))
         families = {re.sub(r"_(bucket|count|sum)$", "", name) for name in used}
         assert families <= set(EMAIL_FAMILIES), (path, used)
+
+
+def test_a_pause_shows_as_a_gauge(client, broker):
+    from notifications import throttle
+
+    def paused() -> dict:
+        text = client.get(URL).content.decode()
+        return dict(
+            re.findall(r'^vertex_ar_email_sending_paused\{reason="(\w+)"\} (\S+)$', text, re.M)
+        )
+
+    assert paused() == {"circuit_breaker": "0.0", "rate_limit": "0.0"}
+    throttle.trip_circuit("connection to the SMTP server refused")
+    assert paused()["circuit_breaker"] == "1.0"
+    throttle.close_circuit()
+    assert paused()["circuit_breaker"] == "0.0"
