@@ -368,6 +368,8 @@ class Bench:
         self.redis.client.flushall()
         env = {**system.environment(catcher.smtp_port, self.redis.url), **(extra_env or {})}
         token = env["BENCH_TOKEN"] = f"{os.getpid()}r{self.tag}"  # numbers this run's subjects
+        if self.args.profile_dir:  # a cProfile of the producer, per run
+            env["BENCH_PROFILE"] = str(Path(self.args.profile_dir) / f"{system.key}-{token}.prof")
         env["BENCH_BULK"] = system.bulk
         log_path = self.workdir / f"{system.key}-{self.tag}.log"
         worker = drain = driver = None
@@ -428,6 +430,9 @@ class Bench:
                 result.notes.append(f"first message {first - start:.1f}s after the start")
             else:
                 result = Result(seconds=seconds, count=count, enqueue_seconds=produced["seconds"])
+                result.notes.append(
+                    f"producer on CPU {produced['cpu'] / produced['seconds']:.0%} of its loop"
+                )
             if worker:
                 pids = worker.pids()
                 result.pss_mib = pss_kib(pids) / 1024
@@ -648,6 +653,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help=f"wait up to this many seconds for load < {LOAD_WARNING} first",
     )
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--profile-dir", help="write a cProfile of each run's producer here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, databases)")
     args = parser.parse_args(argv)
     quick = {
@@ -695,6 +701,7 @@ def main(argv: list[str]) -> int:
     if args.wait_quiet:
         wait_quiet(args.wait_quiet)
     log(machine_summary())
+    log(f"ours: {tp.git_state()}")
     log(load_line("at the start"))
     workdir = Path(tempfile.mkdtemp(prefix="vertex-compare-"))
     venv_root = Path(args.venv_dir) if args.venv_dir else workdir / "venvs"

@@ -1,0 +1,172 @@
+"""Where our time goes: the parts of one send_mail(), and cProfiles of enqueue and of sending.
+
+Prints figures; no test. Starts its own redis-server and catcher (smtp-sink when compare.py finds
+it, else aiosmtpd) and a throwaway SQLite database, all ended or removed at the end. Runs in this
+process, one thread, no Celery worker: what it shows is the cost of our code, not contention.
+
+    .venv/bin/python benchmarks/profile_ours.py                # 1,000 messages
+    .venv/bin/python benchmarks/profile_ours.py --messages 300 --top 15
+
+1. Each part of one send_mail(), timed alone (median of --messages calls, ms).
+2. cProfile of send_mail() --messages times (the broker's queue kept short, as when workers run).
+3. cProfile of notifications.delivery.deliver_due_jobs() draining --messages queued jobs.
+"""
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compare
+import throughput as tp
+from bench_driver import BODY, RECIPIENT, SENDER, SUBJECT
+
+ROOT = tp.ROOT
+
+
+def timed(function, count: int) -> float:
+    """Median milliseconds of `count` calls."""
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        function()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def profile(function, top: int) -> str:
+    profiler = cProfile.Profile()
+    profiler.runcall(function)
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(top)
+    return out.getvalue()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--top", type=int, default=30, help="lines of each profile")
+    args = parser.parse_args()
+    if not 1 <= args.messages <= 20_000:
+        parser.error("--messages must be between 1 and 20000")
+    workdir = Path(tempfile.mkdtemp(prefix="vertex-profile-"))
+    catcher = None
+    try:
+        redis = tp.Redis(workdir)
+        sink = compare.find_smtp_sink(None)
+        catcher = compare.SinkCatcher(*sink, workdir) if sink else compare.AioCatcher(0)
+        os.environ.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "vertex_email.settings",
+                "DATABASE_URL": f"sqlite:///{workdir / 'profile.sqlite3'}",
+                "CELERY_BROKER_URL": redis.url,
+                "SMTP_HOST": tp.HOST,
+                "SMTP_PORT": str(catcher.smtp_port),
+                "DJANGO_ENV": "development",
+                "DJANGO_DEBUG": "false",
+                "LOG_LEVEL": "WARNING",
+            }
+        )
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--verbosity", "0"],
+            cwd=ROOT,
+            check=True,
+            timeout=180,
+        )
+        sys.path.insert(0, str(ROOT))
+        import django
+
+        django.setup()
+        from celery import current_app
+        from django.core.mail import EmailMessage, send_mail
+        from django.db import transaction
+        from django.utils import timezone
+
+        import vertex_email  # noqa: F401 - the Celery app
+        from notifications import delivery, publishing, services
+        from notifications.composition import job_fields
+        from notifications.models import EmailJob
+
+        n = args.messages
+
+        def message() -> EmailMessage:
+            return EmailMessage(SUBJECT, BODY, SENDER, [RECIPIENT])
+
+        def row_only() -> None:
+            now = timezone.now()
+            with transaction.atomic():
+                EmailJob.objects.bulk_create(
+                    [EmailJob(**job_fields(message()), next_attempt_at=now, dispatched_at=now)]
+                )
+
+        def depth_over_pool() -> int:
+            with current_app.pool.acquire(block=True) as connection:
+                return connection.default_channel.client.llen(publishing.QUEUE)
+
+        parts = {
+            "job_fields(): validate + render the MIME message": lambda: job_fields(message()),
+            "the row: job_fields() + INSERT + COMMIT": row_only,
+            "publishing._messages_waiting(): LLEN on a new connection": (
+                publishing._messages_waiting
+            ),
+            "the same LLEN over the app's connection pool": depth_over_pool,
+            "publishing.publish_jobs([id]): one send task": lambda: publishing.publish_jobs([0]),
+            "send_mail(), all of it": lambda: send_mail(SUBJECT, BODY, SENDER, [RECIPIENT]),
+        }
+        print(f"catcher {catcher.name}; {n} calls each, one thread, no worker running\n")
+        print("1. Parts of one send_mail(), median ms")
+        for name, function in parts.items():
+            redis.client.delete(publishing.QUEUE)
+            print(f"   {timed(function, n):7.3f}  {name}")
+
+        EmailJob.objects.all().delete()
+        redis.client.flushall()
+
+        def enqueue() -> None:
+            for number in range(n):
+                if number % 5 == 0:  # workers would keep the queue short: publish every call
+                    redis.client.delete(publishing.QUEUE)
+                send_mail(SUBJECT, BODY, SENDER, [RECIPIENT])
+
+        start = time.perf_counter()
+        report = profile(enqueue, args.top)
+        print(f"\n2. send_mail() x{n} under cProfile: {time.perf_counter() - start:.2f}s")
+        print(report)
+
+        EmailJob.objects.all().delete()
+        services.enqueue_emails(messages=[message() for _ in range(n)])
+        redis.client.flushall()
+        catcher.reset()
+
+        def drain() -> None:
+            while delivery.deliver_due_jobs(job_id=None):
+                pass
+
+        start = time.perf_counter()
+        report = profile(drain, args.top)
+        seconds = time.perf_counter() - start
+        sent = EmailJob.objects.filter(status=EmailJob.Status.SENT).count()
+        print(
+            f"\n3. deliver_due_jobs() draining {n} jobs in one process under cProfile: "
+            f"{seconds:.2f}s, {sent} sent, {catcher.count()} at the catcher"
+        )
+        print(report)
+        return 0 if sent == n else 1
+    finally:
+        if catcher is not None:
+            catcher.close()
+        tp.end_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
