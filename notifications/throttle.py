@@ -160,7 +160,9 @@ def trip_circuit(reason: str) -> float:
     if not option("CIRCUIT_BREAKER"):
         return 0.0
     failures = circuit_state().failures + 1
-    delay = min(option("CIRCUIT_MAX_DELAY"), option("CIRCUIT_BASE_DELAY") * 2 ** (failures - 1))
+    # The exponent is capped: a days-long outage counts thousands of failed probes.
+    backoff = option("CIRCUIT_BASE_DELAY") * 2 ** min(failures - 1, 32)
+    delay = min(option("CIRCUIT_MAX_DELAY"), backoff)
     try:
         pipe = client().pipeline()
         pipe.hset(

@@ -87,3 +87,11 @@ def test_an_unreachable_server_pauses_everyone_and_sending_resumes_by_itself(
         assert sum(attempts) - 40 < 15, attempts
     finally:
         sink.stop()
+
+
+@pytest.mark.django_db
+def test_a_long_outage_backs_off_to_the_maximum_without_overflowing(broker, settings):
+    settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "CIRCUIT_MAX_DELAY": 300.0}
+    throttle.client().hset(throttle.CIRCUIT_KEY, mapping={"failures": 5000, "retry_at": 0})
+    assert throttle.trip_circuit("connection to the SMTP server refused") == 300.0
+    assert throttle.circuit_state().failures == 5001

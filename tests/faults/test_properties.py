@@ -17,7 +17,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from notifications import services
+from notifications import services, throttle
 from notifications.models import EmailAttempt, EmailJob
 from notifications.retry import JITTER_FLOOR, retry_delay, should_retry
 from notifications.tasks import send_email
@@ -79,6 +79,7 @@ class JobLifecycle(RuleBasedStateMachine):
         self.on_the_wire: list[str] = []
         self.server.reset()
         self.server.configure(credentials=(USERNAME, self.password))
+        throttle.close_circuit()  # each example starts unpaused, whatever the last one left
         self.server.on_accept = self.observe
 
     def observe(self, message_id: str) -> None:
