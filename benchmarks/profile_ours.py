@@ -115,10 +115,10 @@ def main() -> int:
         parts = {
             "job_fields(): validate + render the MIME message": lambda: job_fields(message()),
             "the row: job_fields() + INSERT + COMMIT": row_only,
-            "publishing._messages_waiting(): LLEN on a new connection": (
+            "publishing._messages_waiting(): the wake-up's queue-depth check": (
                 publishing._messages_waiting
             ),
-            "the same LLEN over the app's connection pool": depth_over_pool,
+            "a bare LLEN over the app's connection pool, for comparison": depth_over_pool,
             "publishing.publish_jobs([id]): one send task": lambda: publishing.publish_jobs([0]),
             "send_mail(), all of it": lambda: send_mail(SUBJECT, BODY, SENDER, [RECIPIENT]),
         }
