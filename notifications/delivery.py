@@ -126,7 +126,8 @@ def _send_batch(
             _release(jobs[index:], delay=wait)
             break
         if smtp_settings is None:
-            outcome, error = _settle_unsent(job, settings_error), settings_error
+            outcome = _settle_failure(job, settings_error, timezone.now(), 0.0)
+            error = settings_error
         else:
             outcome, error = _send_one(job, smtp_settings)
         outcomes.append(outcome)
@@ -139,7 +140,8 @@ def _send_batch(
             )
             if paused or not option("CIRCUIT_BREAKER"):
                 delay = paused or _delay_after(outcome, job)
-                _release(jobs[index + 1 :], delay=delay)
+                # One wake-up for everyone at the end of the pause, not one per release.
+                _release(jobs[index + 1 :], delay=delay, publish=False)
                 _wake_after_pause(job.pk, delay)
                 break
         elif probing:
@@ -156,10 +158,6 @@ def _wake_after_pause(job_id: int | None, wait: float) -> None:
         publishing.publish_jobs([job_id], countdown=wait + 0.05)
 
 
-def _settle_unsent(job: EmailJob, error: SendError) -> str:
-    return _settle_failure(job, error, timezone.now(), 0.0)
-
-
 def _affects_every_message(error: SendError | None) -> bool:
     return isinstance(error, SmtpConfigurationError) or (
         error is not None
@@ -174,7 +172,7 @@ def _delay_after(outcome: str, job: EmailJob) -> float:
     return retry_delay(max(job.attempts, 1), option("RETRY_DELAYS"))
 
 
-def _release(jobs: list[EmailJob], *, delay: float = 0.0) -> None:
+def _release(jobs: list[EmailJob], *, delay: float = 0.0, publish: bool = True) -> None:
     """Give claimed, unattempted jobs back: attempts restored, due after `delay`, republished."""
     if not jobs:
         return
@@ -188,7 +186,8 @@ def _release(jobs: list[EmailJob], *, delay: float = 0.0) -> None:
             dispatched_at=now,
             updated_at=now,
         )
-    publishing.publish_jobs([jobs[0].pk], countdown=delay or None)
+    if publish:
+        publishing.publish_jobs([jobs[0].pk], countdown=delay or None)
 
 
 def _send_one(job: EmailJob, smtp_settings: SmtpSettings) -> tuple[str, SendError | None]:
