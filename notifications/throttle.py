@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 import redis
@@ -24,18 +25,29 @@ PROBE_KEY = PREFIX + "circuit:probe"
 WAKEUP_KEY = PREFIX + "circuit:wakeup"
 WINDOWS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-# Check every window first, then count the send in all of them: atomic across processes.
+# A sliding-window log per limit, on Redis's clock (one clock for every host): a window holds
+# the send times of the last `window` seconds, so no stretch of that length ever holds more than
+# the limit (fixed windows let twice the limit through around each boundary, which a relay such
+# as SES counts and throttles). Checks every window first, then records the send in all of them,
+# atomically across processes. Returns 0, or the milliseconds until the oldest send leaves the
+# fullest window.
 RATE_SCRIPT = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local wait = 0
 for i, key in ipairs(KEYS) do
-  local count = tonumber(redis.call('GET', key) or '0')
-  if count >= tonumber(ARGV[i]) then
-    local ttl = redis.call('PTTL', key)
-    if ttl < 0 then ttl = tonumber(ARGV[#KEYS + i]) end
-    return ttl
+  local window = tonumber(ARGV[#KEYS + i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if redis.call('ZCARD', key) >= tonumber(ARGV[i]) then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    wait = math.max(wait, tonumber(oldest[2]) + window - now + 1)
   end
 end
+if wait > 0 then return wait end
+local member = ARGV[#ARGV] .. ':' .. now
 for i, key in ipairs(KEYS) do
-  if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, ARGV[#KEYS + i]) end
+  redis.call('ZADD', key, now, member)
+  redis.call('PEXPIRE', key, ARGV[#KEYS + i])
 end
 return 0
 """
@@ -67,8 +79,9 @@ def acquire_send_slot(smtp: SmtpSettings) -> float:
     if not limits:
         return 0.0
     now, account = time.time(), account_id(smtp)
-    keys = [f"{PREFIX}rate:{account}:{window}:{int(now // window)}" for _, window in limits]
+    keys = [f"{PREFIX}rate:{account}:{window}" for _, window in limits]
     args = [count for count, _ in limits] + [window * 1000 for _, window in limits]
+    args.append(uuid.uuid4().hex)  # names this send in the logs
     try:
         wait_ms = client().eval(RATE_SCRIPT, len(keys), *keys, *args)
     except redis.RedisError as error:
