@@ -90,20 +90,49 @@ def deliver_due_jobs(*, job_id: int | None) -> int:
         return 0
     deadline = time.monotonic() + option("LEASE_SECONDS") / 2
     attempted, first = 0, True
-    while time.monotonic() < deadline:
-        limit = 1 if probing else option("BATCH_SIZE")
-        jobs = claim_jobs(job_id=job_id if first else None, now=timezone.now(), limit=limit)
-        if first and (not jobs or jobs[0].pk != job_id):
-            _republish_if_early(job_id)
-        first = False
-        outcomes = _send_batch(jobs, deadline=deadline, probing=probing)
-        attempted += len(outcomes)
-        if probing and outcomes and not throttle.circuit_state().open:
-            probing = False  # the probe went through: carry on in full batches
-            continue
-        if len(outcomes) < len(jobs) or len(jobs) < limit:
-            break  # stopped early (a pause, out of time) or nothing more is due
+    try:
+        while True:
+            if time.monotonic() >= deadline:
+                _hand_over()  # out of time: another task carries on
+                break
+            publishing.mark_draining(True)
+            limit = 1 if probing else option("BATCH_SIZE")
+            jobs = claim_jobs(job_id=job_id if first else None, now=timezone.now(), limit=limit)
+            if first and (not jobs or jobs[0].pk != job_id):
+                _republish_if_early(job_id)
+            first = False
+            outcomes = _send_batch(jobs, deadline=deadline, probing=probing)
+            attempted += len(outcomes)
+            if probing and outcomes and not throttle.circuit_state().open:
+                probing = False  # the probe went through: carry on in full batches
+                continue
+            if len(outcomes) < len(jobs):
+                break  # stopped early: a pause or out of time, which published what follows
+            if len(jobs) == limit or _any_due():
+                continue  # jobs keep coming in: they need no wake-up of their own
+            publishing.mark_draining(False)
+            if not _any_due():  # the last look: whatever was committed while we were marked
+                break
+    finally:
+        publishing.mark_draining(False)
     return attempted
+
+
+def _any_due() -> bool:
+    now = timezone.now()
+    due = EmailJob.objects.filter(status=Status.PENDING, next_attempt_at__lte=now)
+    return due.exclude(expires_at__lte=now).exists()
+
+
+def _hand_over() -> None:
+    job = (
+        EmailJob.objects.filter(status=Status.PENDING, next_attempt_at__lte=timezone.now())
+        .order_by("priority", "next_attempt_at", "pk")
+        .only("pk")
+        .first()
+    )
+    if job is not None:
+        publishing.publish_jobs([job.pk])
 
 
 def _send_batch(

@@ -2,14 +2,17 @@
 
 A send task drains due jobs in batches (delivery.py), so a due job needs *a* message on the queue
 after its commit, not one of its own: `wake_workers` publishes one message per batch of new jobs,
-and none while enough messages already wait on the queue to drain everything that is due.
+and none while a worker is draining (it looks again before it stops) or enough messages already
+wait on the queue to drain everything that is due.
 """
 
 import logging
 from collections.abc import Sequence
 
+import redis
 from celery import current_app
 
+from . import shared_redis
 from .conf import option
 
 logger = logging.getLogger(__name__)
@@ -19,16 +22,38 @@ SEND_TASK = "notifications.tasks.send_email"
 # visibility timeout. The sweeper publishes the job when it falls due instead.
 MAX_COUNTDOWN = 300.0
 QUEUE = "email"
+DRAINING_KEY = "vertex_email:draining"
+DRAINING_TTL_MS = 5000  # a worker that dies draining stops counting after this
 
 
 def wake_workers(job_ids: Sequence[int]) -> int:
     """Make sure these due, committed jobs will be drained; returns the messages published."""
-    if not job_ids:
+    if not job_ids or worker_draining():
         return 0
     waiting = _messages_waiting()
     if waiting is not None and waiting >= option("WAKE_QUEUE_DEPTH"):
         return 0  # those messages' tasks will claim these jobs too
     return publish_jobs(list(job_ids)[:: option("BATCH_SIZE")])
+
+
+def mark_draining(draining: bool) -> None:
+    """Tell producers that a worker is draining due jobs, so that new ones need no wake-up; or
+    that it is about to stop. A worker unmarks, then looks for due jobs once more: a job
+    committed before a producer saw the mark is seen by that last look."""
+    try:
+        if draining:
+            shared_redis.client().set(DRAINING_KEY, "1", px=DRAINING_TTL_MS)
+        else:
+            shared_redis.client().delete(DRAINING_KEY)
+    except redis.RedisError:  # producers publish; a stale mark lapses by itself
+        pass
+
+
+def worker_draining() -> bool:
+    try:
+        return bool(shared_redis.client().exists(DRAINING_KEY))
+    except redis.RedisError:
+        return False
 
 
 def _messages_waiting() -> int | None:

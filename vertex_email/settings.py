@@ -88,9 +88,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test_db_{os.getpid()}.sqlite3")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-# The same backend wrapped by django-prometheus, which counts connections, queries and errors.
-DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace(
-    "django.db.backends.", "django_prometheus.db.backends."
+# The same backend wrapped by django-prometheus, which counts connections, queries and errors;
+# SQLite's also queues writers on a file lock (vertex_email/sqlite_backend).
+DATABASES["default"]["ENGINE"] = {
+    "django.db.backends.sqlite3": "vertex_email.sqlite_backend",
+}.get(
+    DATABASES["default"]["ENGINE"],
+    DATABASES["default"]["ENGINE"].replace("django.db.backends.", "django_prometheus.db.backends."),
 )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
