@@ -760,6 +760,7 @@ def main(argv: list[str]) -> int:
             "SMTP_HOST": HOST,
             "SMTP_PORT": str(catcher.smtp_port),
             "DJANGO_ENV": "development",
+            "DJANGO_DEBUG": "False",  # as deployed: no query log, no debug cursors
             "LOG_LEVEL": "WARNING",
         }
         os.environ.update(env)

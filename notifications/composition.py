@@ -5,6 +5,7 @@ fixed before the job exists, and the worker sends exactly these bytes.
 """
 
 import copy
+import functools
 from email.utils import make_msgid, parseaddr
 
 from django.core.exceptions import ValidationError
@@ -34,6 +35,13 @@ def envelope_address(field: str, value: object) -> str:
     """The bare, SMTP-ready address for one From/To/Cc/Bcc/Reply-To entry, or InvalidAddress."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidAddress(f"{field}: expected an e-mail address, got {value!r}")
+    return _checked_address(field, value)
+
+
+# The same few senders, and often the same recipients, come back in every message; checking an
+# address costs a fifth of rendering one. Refusals are exceptions, so they are never cached.
+@functools.lru_cache(maxsize=4096)
+def _checked_address(field: str, value: str) -> str:
     _reject_newlines(field, value)
     try:
         sanitized = sanitize_address(value, ENCODING)

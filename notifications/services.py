@@ -45,12 +45,11 @@ def enqueue_emails(
         )
         for message in messages
     ]
-    _refuse_reused_message_ids([job.message_id for job in jobs])
-    try:
+    try:  # the unique Message-ID column refuses a reused one; no SELECT before every INSERT
         with transaction.atomic():
             EmailJob.objects.bulk_create(jobs, batch_size=500)
             transaction.on_commit(lambda: _publish_new(jobs, now))
-    except IntegrityError:  # a Message-ID committed by someone else meanwhile
+    except IntegrityError:
         _refuse_reused_message_ids([job.message_id for job in jobs])
         raise
     return jobs
