@@ -101,6 +101,8 @@ def deliver_due_jobs(*, job_id: int | None) -> int:
             if first and (not jobs or jobs[0].pk != job_id):
                 _republish_if_early(job_id)
             first = False
+            if len(jobs) == limit and not probing:
+                publishing.call_for_help(jobs[-1].pk)
             outcomes = _send_batch(jobs, deadline=deadline, probing=probing)
             attempted += len(outcomes)
             if probing and outcomes and not throttle.circuit_state().open:

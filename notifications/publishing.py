@@ -36,6 +36,15 @@ def wake_workers(job_ids: Sequence[int]) -> int:
     return publish_jobs(list(job_ids)[:: option("BATCH_SIZE")])
 
 
+def call_for_help(job_id: int) -> int:
+    """A draining worker found a backlog (a full batch): one more message, so that another worker
+    process or thread joins in, unless enough already wait. Concurrency grows with the backlog."""
+    waiting = _messages_waiting()
+    if waiting is not None and waiting >= option("WAKE_QUEUE_DEPTH"):
+        return 0
+    return publish_jobs([job_id])
+
+
 def mark_draining(draining: bool) -> None:
     """Tell producers that a worker is draining due jobs, so that new ones need no wake-up; or
     that it is about to stop. A worker unmarks, then looks for due jobs once more: a job
