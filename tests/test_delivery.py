@@ -5,6 +5,7 @@ from itertools import pairwise
 import pytest
 from django.core.mail import EmailMultiAlternatives, send_mail, send_mass_mail
 
+from notifications import publishing
 from notifications.models import EmailJob
 from tests.support.processes import wait_until
 
@@ -28,6 +29,40 @@ def test_200_messages_arrive_exactly_once(start_worker, smtp):
     assert EmailJob.objects.filter(status=Status.SENT).count() == 200
     assert smtp.by_message_id() == dict.fromkeys(job_ids, 1)
     assert set(EmailJob.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_send_mail_while_a_worker_drains_publishes_almost_nothing(
+    start_worker, smtp, monkeypatch, settings
+):
+    settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "WAKE_QUEUE_DEPTH": 1000}  # not that
+    published = []
+    real_publish = publishing.publish_jobs
+    monkeypatch.setattr(
+        publishing,
+        "publish_jobs",
+        lambda ids, **kw: published.extend(ids) or real_publish(ids, **kw),
+    )
+    smtp.accept_delay = 0.02  # a relay: the worker drains for as long as we enqueue
+    start_worker(concurrency=1)
+    for i in range(100):
+        send_mail(f"Message {i}", "Body", "from@example.org", [f"user{i}@example.org"])
+    wait_for_settled(100)
+    assert EmailJob.objects.filter(status=Status.SENT).count() == 100
+    assert len(smtp.by_message_id()) == 100 and smtp.count() == 100
+    assert len(published) < 30, published  # not one task per message
+
+
+def test_a_worker_that_finds_a_backlog_calls_in_the_others(start_worker, smtp, settings):
+    settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "BATCH_SIZE": 1000}  # one wake-up only
+    smtp.accept_delay = 0.05
+    start_worker(concurrency=4, EMAIL_BATCH_SIZE="10")
+    send_mass_mail(
+        [(f"M {i}", "Body", "from@example.org", [f"u{i}@example.org"]) for i in range(80)]
+    )
+    wait_for_settled(80)
+    assert EmailJob.objects.filter(status=Status.SENT).count() == 80
+    assert smtp.count() == 80 and len(smtp.by_message_id()) == 80
+    assert smtp.greetings >= 3  # connections: more than the one process woken at first
 
 
 def test_451_twice_then_accepted_is_sent_on_the_third_attempt(start_worker, smtp):

@@ -7,7 +7,7 @@ import pytest
 from django.core.mail import EmailMultiAlternatives, send_mail, send_mass_mail
 from django.db import transaction
 
-from notifications import services
+from notifications import publishing, services
 from notifications.models import EmailJob
 from tests.factories import make_message
 
@@ -61,6 +61,15 @@ def test_no_wake_up_message_while_enough_wait_on_the_queue(broker, settings):
         send_mail("s", "b", "from@example.org", [f"user{i}@example.org"])
     assert EmailJob.objects.count() == 5
     assert broker.client().llen("email") == 3  # the fourth and fifth ride on those three
+
+
+def test_no_wake_up_message_while_a_worker_is_draining(broker):
+    publishing.mark_draining(True)  # what a worker's send task does while it drains
+    send_mail("s", "b", "from@example.org", ["first@example.org"])
+    assert broker.client().llen("email") == 0  # that task's next claim takes the job
+    publishing.mark_draining(False)  # the worker stops (after one last look for due jobs)
+    send_mail("s", "b", "from@example.org", ["second@example.org"])
+    assert broker.client().llen("email") == 1
 
 
 def test_bulk_service_returns_saved_jobs(broker):

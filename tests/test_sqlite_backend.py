@@ -1,0 +1,62 @@
+"""The SQLite backend queues writers on a file lock held from BEGIN to COMMIT or ROLLBACK."""
+
+import fcntl
+import os
+import threading
+
+import pytest
+from django.db import connection, connections, transaction
+
+from notifications import services
+from notifications.models import EmailJob
+from tests.factories import make_message
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(connection.vendor != "sqlite", reason="the lock is SQLite's backend's"),
+]
+
+
+def lock_is_free() -> bool:
+    fd = os.open(f"{connection.settings_dict['NAME']}.writer-lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def test_a_transaction_holds_the_writer_lock_until_commit_or_rollback():
+    assert lock_is_free()
+    with transaction.atomic():
+        services.enqueue_email(message=make_message(1))
+        assert not lock_is_free()
+    assert lock_is_free()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        services.enqueue_email(message=make_message(2))
+        raise RuntimeError("rolled back")
+    assert lock_is_free()
+    assert EmailJob.objects.count() == 1
+
+
+def test_a_second_writer_waits_for_the_first_and_then_goes_on():
+    order = []
+
+    def second_writer():
+        with transaction.atomic():
+            order.append("second began")
+            services.enqueue_email(message=make_message(2))
+        connections.close_all()
+
+    with transaction.atomic():
+        services.enqueue_email(message=make_message(1))
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive() and order == []  # queued behind us, not failed
+        order.append("first committing")
+    thread.join(10)
+    assert order == ["first committing", "second began"]
+    assert EmailJob.objects.count() == 2
