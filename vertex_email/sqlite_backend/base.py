@@ -7,18 +7,31 @@ a transaction first takes an exclusive `flock` on `<database>.writer-lock`: wait
 kernel and the next one runs as soon as the lock is let go. Writers that bypass it (a statement
 outside `atomic()`, the sqlite3 shell) still meet SQLite's own lock and busy timeout, so the
 lock is a queue in front of SQLite's, never a replacement for it. The kernel drops the lock of a
-process that dies.
+process that dies. Under gevent or eventlet the lock is left out: a green thread blocked in it
+would stall the whole process.
 """
 
+import contextlib
 import fcntl
 import os
+import sys
 
+from django.db.backends.sqlite3.creation import DatabaseCreation as SQLiteCreation
 from django_prometheus.db.backends.sqlite3 import base
 
 DatabaseFeatures = base.DatabaseFeatures
 
 
+class DatabaseCreation(SQLiteCreation):
+    def _destroy_test_db(self, test_database_name, verbosity):
+        super()._destroy_test_db(test_database_name, verbosity)
+        if test_database_name and not self.is_in_memory_db(test_database_name):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{test_database_name}.writer-lock")
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
+    creation_class = DatabaseCreation
     _writer_lock_fd: int | None = None
     _writer_lock_held = False
 
@@ -69,4 +82,15 @@ class DatabaseWrapper(base.DatabaseWrapper):
         name = str(self.settings_dict["NAME"])
         if self.is_in_memory_db() or not self.settings_dict["OPTIONS"].get("transaction_mode"):
             return None
+        if _green_threads():
+            return None  # a blocking flock would stall every green thread of the process
         return f"{name}.writer-lock"
+
+
+def _green_threads() -> bool:
+    """Whether gevent or eventlet (Celery's -P gevent / -P eventlet) patched this process."""
+    gevent = sys.modules.get("gevent.monkey")
+    if gevent is not None and gevent.is_module_patched("socket"):
+        return True
+    eventlet = sys.modules.get("eventlet.patcher")
+    return eventlet is not None and eventlet.is_monkey_patched("socket")
