@@ -6,6 +6,7 @@ fixed before the job exists, and the worker sends exactly these bytes.
 
 import copy
 import functools
+import re
 from email.utils import make_msgid, parseaddr
 
 from django.core.exceptions import ValidationError
@@ -22,6 +23,8 @@ from .exceptions import (
     NoRecipients,
 )
 
+# A plain ASCII address without display name, quotes, comments or encoded words.
+BARE_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
 MAX_LOCAL_PART = 64  # RFC 5321 section 4.5.3.1.1
 ENCODING = "utf-8"
 
@@ -43,11 +46,14 @@ def envelope_address(field: str, value: object) -> str:
 @functools.lru_cache(maxsize=4096)
 def _checked_address(field: str, value: str) -> str:
     _reject_newlines(field, value)
-    try:
-        sanitized = sanitize_address(value, ENCODING)
-    except (ValueError, IndexError, TypeError) as exc:
-        raise InvalidAddress(f"{field}: {value!r} is not a valid e-mail address") from exc
-    address = parseaddr(sanitized)[1]
+    if BARE_ADDRESS.fullmatch(value):  # most are: nothing for the header parser to do
+        address = value
+    else:
+        try:
+            sanitized = sanitize_address(value, ENCODING)
+        except (ValueError, IndexError, TypeError) as exc:
+            raise InvalidAddress(f"{field}: {value!r} is not a valid e-mail address") from exc
+        address = parseaddr(sanitized)[1]
     local_part = address.rpartition("@")[0]
     if local_part.startswith("=?") or not local_part.isascii():
         raise InvalidAddress(
