@@ -115,16 +115,8 @@ def recover_jobs(*, now: datetime | None = None) -> dict[str, int]:
         last_error="expired before it could be sent",
         updated_at=now,
     )
-    stale_before = now - timedelta(seconds=option("REDISPATCH_AFTER"))
-    lost = list(
-        EmailJob.objects.filter(
-            status=Status.PENDING, next_attempt_at__lte=now, dispatched_at__lt=stale_before
-        )
-        .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[: option("SWEEP_BATCH")]
-    )
-    if lost:
-        EmailJob.objects.filter(pk__in=lost, status=Status.PENDING).update(dispatched_at=now)
+    # While a worker drains, due jobs are published by nobody on purpose: it claims them all.
+    lost = [] if publishing.worker_draining() else _redispatch_stale(now)
     republish = released + lost
     if republish:
         publishing.wake_workers(republish)
@@ -136,6 +128,25 @@ def recover_jobs(*, now: datetime | None = None) -> dict[str, int]:
             expired,
         )
     return {"released": len(released), "republished": len(lost), "expired": expired}
+
+
+def _redispatch_stale(now: datetime) -> list[int]:
+    """Due jobs published longer ago than EMAIL_REDISPATCH_AFTER, their message presumably lost:
+    stamped again and returned. Rows a claim holds are skipped (PostgreSQL), not waited for, so
+    the sweeper never deadlocks with a claim."""
+    stale_before = now - timedelta(seconds=option("REDISPATCH_AFTER"))
+    with transaction.atomic():
+        lost = list(
+            EmailJob.objects.filter(
+                status=Status.PENDING, next_attempt_at__lte=now, dispatched_at__lt=stale_before
+            )
+            .order_by("next_attempt_at")
+            .select_for_update(skip_locked=True, of=("self",))
+            .values_list("pk", flat=True)[: option("SWEEP_BATCH")]
+        )
+        if lost:
+            EmailJob.objects.filter(pk__in=lost, status=Status.PENDING).update(dispatched_at=now)
+    return lost
 
 
 def _release_expired_leases(now: datetime) -> list[int]:

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from notifications import delivery, services
+from notifications import delivery, publishing, services
 from notifications.models import EmailAttempt, EmailJob
 from tests.factories import EmailJobFactory
 
@@ -106,3 +106,14 @@ def test_due_jobs_whose_message_was_lost_are_republished_once(broker, settings):
     assert services.recover_jobs() == {"released": 0, "republished": 0, "expired": 0}
     lost.refresh_from_db()
     assert lost.dispatched_at > old
+
+
+def test_nothing_is_republished_while_a_worker_drains(broker, settings):
+    settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "REDISPATCH_AFTER": 60}
+    old = timezone.now() - timedelta(minutes=5)
+    EmailJobFactory(index=1, dispatched_at=old, next_attempt_at=old)
+    publishing.mark_draining(True)  # that worker claims every due job before it stops
+    assert services.recover_jobs()["republished"] == 0
+    assert broker.client().llen("email") == 0
+    publishing.mark_draining(False)
+    assert services.recover_jobs()["republished"] == 1

@@ -65,6 +65,22 @@ class Tally:
     def strangers(self) -> set[str]:
         return set(self.copies) - self.expected
 
+    def explain(self, server) -> str:
+        """For a failure message: each duplicate or stranger, its job's attempts and the server's
+        events for it (accepted, refused, dropped ...)."""
+        suspects = {m: n for m, n in self.copies.items() if n > 1 or m not in self.expected}
+        lines = []
+        for message_id, copies in sorted(suspects.items()):
+            job = EmailJob.objects.filter(message_id=message_id).first()
+            attempts = (
+                [(a.number, a.outcome, a.smtp_code, a.error) for a in job.attempt_log.all()]
+                if job
+                else "no such job"
+            )
+            events = [e.kind for e in server.events if e.message_id == message_id]
+            lines.append(f"{message_id!r}: {copies} copies; attempts {attempts}; events {events}")
+        return "\n".join(lines) or "nothing lost or repeated"
+
 
 def tally(server, expected: set[str]) -> Tally:
     return Tally(expected, server.copies())

@@ -77,7 +77,9 @@ def test_ten_producers_and_four_workers_make_exactly_one_job_and_one_delivery_ea
         note=f"10 x {each}; all enqueued in {enqueued}s; 2 workers x 2 processes",
     )
     assert EmailJob.objects.count() == total == len(set(recipients))
-    assert counted.lost == 0 and counted.duplicated == 0 and not counted.strangers
+    assert counted.lost == 0 and counted.duplicated == 0 and not counted.strangers, counted.explain(
+        faulty
+    )
     assert statuses() == {"sent": total}
 
     logs = [worker.log_path.read_text(errors="replace") for worker in workers]

@@ -94,7 +94,7 @@ def test_refused_login_keeps_jobs_pending_and_visible_until_the_password_is_fixe
             f"{time.monotonic() - fixed:.1f}s after the fix"
         ),
     )
-    assert counted.lost == 0 and counted.duplicated == 0
+    assert counted.lost == 0 and counted.duplicated == 0, counted.explain(faulty)
     assert set(EmailJob.objects.values_list("attempts", flat=True)) == {1}
 
 
@@ -151,4 +151,4 @@ def test_refused_starttls_keeps_jobs_pending_until_tls_is_configured(
         drain_seconds=round(time.monotonic() - started, 1),
         note=f"while refused: {observed}, attempts {codes}; then TLS setting fixed",
     )
-    assert counted.lost == 0 and counted.duplicated == 0
+    assert counted.lost == 0 and counted.duplicated == 0, counted.explain(faulty)

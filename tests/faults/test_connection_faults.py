@@ -40,7 +40,9 @@ def test_connection_cut_mid_data_is_retried_and_delivered_once(fault_worker, fau
         note=f"{dropped} transfers cut before the final dot, each one retry attempt",
     )
     assert dropped > 0
-    assert counted.lost == 0 and counted.duplicated == 0 and not counted.strangers
+    assert counted.lost == 0 and counted.duplicated == 0 and not counted.strangers, counted.explain(
+        faulty
+    )
     assert statuses() == {"sent": total}
     assert retries.count() == dropped
     assert all("connection" in error.lower() for error in retries.values_list("error", flat=True))

@@ -78,4 +78,4 @@ def test_a_bad_encryption_key_is_a_clear_error_and_no_job_is_lost_or_failed(
         drain_seconds=round(time.monotonic() - started, 1),
         note="; ".join(f"{name}: {what}" for name, what in seen.items()),
     )
-    assert counted.lost == 0 and counted.duplicated == 0
+    assert counted.lost == 0 and counted.duplicated == 0, counted.explain(faulty)

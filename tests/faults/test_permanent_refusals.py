@@ -50,7 +50,7 @@ def test_refused_recipients_fail_after_one_attempt_and_the_others_are_sent(
         assert reply[4:] in job.last_error
         assert [a.outcome for a in job.attempt_log.all()] == ["failed"]
     assert statuses() == {"sent": total - len(refused), "failed": len(refused)}
-    assert counted.lost == 0 and counted.duplicated == 0
+    assert counted.lost == 0 and counted.duplicated == 0, counted.explain(faulty)
     assert (
         set(faulty.copies())
         == sent_ids

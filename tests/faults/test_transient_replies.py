@@ -51,7 +51,9 @@ def test_30_percent_451_all_delivered_once_attempts_follow_the_schedule(
         drain_seconds=drain,
         note=f"{refusals} replies 451 ({share:.0%} of DATA); attempts match them one for one",
     )
-    assert counted.lost == 0 and counted.duplicated == 0 and not counted.strangers
+    assert counted.lost == 0 and counted.duplicated == 0 and not counted.strangers, counted.explain(
+        faulty
+    )
     assert statuses() == {"sent": total}
     # Every 451 the server gave is one `retry` attempt, and every job's log reads
     # retry (451) ... retry (451), sent (250), numbered 1..n, with n == job.attempts.
@@ -84,7 +86,9 @@ def test_a_mix_of_421_450_451_452_all_delivered_once(fault_worker, faulty, relia
         drain_seconds=drain,
         note=f"codes seen {codes}; {len(faulty.events_of('transient'))} transient replies",
     )
-    assert counted.lost == 0 and counted.duplicated == 0 and not counted.strangers
+    assert counted.lost == 0 and counted.duplicated == 0 and not counted.strangers, counted.explain(
+        faulty
+    )
     assert statuses() == {"sent": total}
     assert codes == [421, 450, 451, 452]
     assert schedule_violations(DELAYS) == []
