@@ -50,8 +50,10 @@ def test_smtp_server_down_mid_batch_everything_arrives_within_the_retry_budget(
     wait_until(lambda: faulty.count() >= total * 0.3, 120, 0.05, "30% of the batch sent")
     cut = faulty.stop()  # as a crash: open connections are cut, whatever they were doing
     down_at = faulty.count()
-    stored_before = {e.message_id for e in faulty.events_of("accepted")}
     time.sleep(OUTAGE)
+    # Taken while the port is still closed, not at the stop: a message whose bytes were in before
+    # the cut can still be stored a moment after it, as a real server finishing its work would.
+    stored_before = {e.message_id for e in faulty.events_of("accepted")}
     faulty.start()
     back = time.monotonic()
     wait_drained(total, timeout=sum(delays) + scaled(120, 300))
@@ -77,10 +79,10 @@ def test_smtp_server_down_mid_batch_everything_arrives_within_the_retry_budget(
     )
     twice = {mid for mid, n in counted.copies.items() if n > 1}
     print(f"\noutage: {cut} connection(s) cut at the stop, {len(twice)} message(s) arrived twice")
-    assert counted.lost == 0 and not counted.strangers
+    assert counted.lost == 0 and not counted.strangers, counted.explain(faulty)
     # The only repeat possible: a message stored just as its connection was cut, before the 250
     # went out (RFC 1047): at most one per cut connection, and stored before the outage.
-    assert counted.duplicated <= cut and twice <= stored_before
+    assert counted.duplicated <= cut and twice <= stored_before, counted.explain(faulty)
     assert statuses() == {"sent": total}
     assert retried.exists(), "no attempt met the outage"
     assert (
