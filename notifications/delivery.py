@@ -92,8 +92,9 @@ def deliver_due_jobs(*, job_id: int | None) -> int:
     attempted, first = 0, True
     try:
         while True:
-            if time.monotonic() >= deadline:
-                _hand_over()  # out of time: another task carries on
+            if time.monotonic() >= deadline:  # out of time: another task carries on
+                publishing.mark_draining(False)  # first, so that the hand-over sees every job
+                _hand_over()
                 break
             publishing.mark_draining(True)
             limit = 1 if probing else option("BATCH_SIZE")
