@@ -60,24 +60,35 @@ def _label(bound: float) -> str:
 
 
 def observe_attempt(*, outcome: str, duration: float | None) -> None:
-    """Called once per settled SMTP attempt, in the worker process that made it.
+    """Called once per settled SMTP attempt, in the worker process that made it."""
+    observe_attempts([(outcome, duration)])
 
-    Never raises: the attempt is already recorded in the database, and a metrics outage must not
-    turn a delivered message into a failed task.
+
+def observe_attempts(observations: list[tuple[str, float | None]]) -> None:
+    """Count settled attempts, given as (outcome, duration), in one Redis round trip.
+
+    Never raises: the attempts are already recorded in the database, and a metrics outage must
+    not turn a delivered message into a failed task.
     """
-    if outcome not in Outcome.values:
-        logger.error("metrics: unknown attempt outcome %r not counted", outcome)
+    known = [(o, d) for o, d in observations if o in Outcome.values]
+    for outcome, _ in observations:
+        if outcome not in Outcome.values:
+            logger.error("metrics: unknown attempt outcome %r not counted", outcome)
+    if not known:
         return
     try:
-        with _redis().pipeline(transaction=True) as pipe:  # all fields of one attempt, or none
-            pipe.hincrby(TALLY_KEY, f"attempts:{outcome}", 1)
-            if duration is not None and outcome in TIMED_OUTCOMES:
-                duration = max(float(duration), 0.0)
-                pipe.hincrby(TALLY_KEY, f"duration:{outcome}:{_label(_bound(duration))}", 1)
-                pipe.hincrbyfloat(TALLY_KEY, f"duration_sum:{outcome}", duration)
+        with _redis().pipeline(transaction=True) as pipe:  # all fields of these attempts, or none
+            for outcome, duration in known:
+                pipe.hincrby(TALLY_KEY, f"attempts:{outcome}", 1)
+                if duration is not None and outcome in TIMED_OUTCOMES:
+                    duration = max(float(duration), 0.0)
+                    pipe.hincrby(TALLY_KEY, f"duration:{outcome}:{_label(_bound(duration))}", 1)
+                    pipe.hincrbyfloat(TALLY_KEY, f"duration_sum:{outcome}", duration)
             pipe.execute()
     except (redis.RedisError, OSError) as error:
-        logger.warning("metrics: attempt (%s) not counted, Redis unavailable: %s", outcome, error)
+        logger.warning(
+            "metrics: %d attempt(s) not counted, Redis unavailable: %s", len(known), error
+        )
 
 
 def read_tallies() -> dict[str, float]:

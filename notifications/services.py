@@ -5,14 +5,16 @@ pending (retry later); pending -> cancelled. Sending lives in delivery.py.
 """
 
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
+import redis
 from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from . import metrics, publishing, selectors
+from . import delivery, journal, metrics, publishing, selectors
 from .composition import job_fields
 from .conf import option
 from .exceptions import EmailRejected
@@ -106,10 +108,11 @@ def enqueue_email(*, message: EmailMessage, **scheduling) -> EmailJob:
 
 
 def recover_jobs(*, now: datetime | None = None) -> dict[str, int]:
-    """Return jobs of dead workers to the queue, republish due jobs whose message was lost, and
-    cancel pending jobs past their expiry."""
+    """Return jobs of dead workers to the queue (or record them as sent, when the journal says
+    the server took them), republish due jobs whose message was lost, and cancel pending jobs past
+    their expiry."""
     now = now or timezone.now()
-    released = _release_expired_leases(now)
+    settled, released = _release_expired_leases(now)
     expired = EmailJob.objects.filter(status=Status.PENDING, expires_at__lte=now).update(
         status=Status.CANCELLED,
         last_error="expired before it could be sent",
@@ -120,14 +123,21 @@ def recover_jobs(*, now: datetime | None = None) -> dict[str, int]:
     republish = released + lost
     if republish:
         publishing.wake_workers(republish)
-    if republish or expired:
+    if republish or expired or settled:
         logger.info(
-            "recovery: %d expired lease(s) released, %d job(s) republished, %d expired",
+            "recovery: %d expired lease(s) released, %d settled as sent from the journal, "
+            "%d job(s) republished, %d expired",
             len(released),
+            settled,
             len(lost),
             expired,
         )
-    return {"released": len(released), "republished": len(lost), "expired": expired}
+    return {
+        "released": len(released),
+        "settled": settled,
+        "republished": len(lost),
+        "expired": expired,
+    }
 
 
 def _redispatch_stale(now: datetime) -> list[int]:
@@ -149,10 +159,29 @@ def _redispatch_stale(now: datetime) -> list[int]:
     return lost
 
 
-def _release_expired_leases(now: datetime) -> list[int]:
+def _release_expired_leases(now: datetime) -> tuple[int, list[int]]:
+    """Jobs whose worker was lost: those the server had accepted (the journal says so) are
+    recorded as sent; the others go back to pending, their attempt recorded as lost. Returns how
+    many were settled, and the ids released for a retry. While the journal cannot be read,
+    nothing is released: a job sent just before its worker died would go out twice."""
     expired = EmailJob.objects.filter(status=Status.SENDING, lease_expires_at__lt=now)
+    leases = list(expired.values_list("pk", "attempts", "claim_token")[: option("SWEEP_BATCH")])
+    if not leases:
+        return 0, []
+    try:
+        accepted = journal.find((pk, token) for pk, _, token in leases)
+    except (redis.RedisError, OSError) as error:
+        logger.warning(
+            "recovery: %d expired lease(s) left until the journal can be read: %s",
+            len(leases),
+            error,
+        )
+        return 0, []
+    settled = _settle_from_journal(leases, accepted)
     released = []
-    for pk, attempts in expired.values_list("pk", "attempts")[: option("SWEEP_BATCH")]:
+    for pk, attempts, _ in leases:
+        if pk in accepted:
+            continue
         exhausted = not should_retry(attempts, option("RETRY_MAX_ATTEMPTS"))
         error = f"worker lost during attempt {attempts} (lease expired)"
         with transaction.atomic():
@@ -172,7 +201,24 @@ def _release_expired_leases(now: datetime) -> list[int]:
             metrics.observe_attempt(outcome=Outcome.LOST, duration=0.0)
         if held and not exhausted:
             released.append(pk)
-    return released
+    return settled, released
+
+
+def _settle_from_journal(
+    leases: list[tuple[int, int, str]], accepted: dict[int, journal.Acceptance]
+) -> int:
+    by_claim = defaultdict(list)
+    for pk, _, token in leases:
+        if pk in accepted:
+            by_claim[token].append(accepted[pk])
+    settled = sum(delivery.settle_accepted(token, group) for token, group in by_claim.items())
+    if settled:
+        logger.warning(
+            "recovery: %d job(s) whose worker was lost after the server accepted them recorded "
+            "as sent, from the journal, not sent again",
+            settled,
+        )
+    return settled
 
 
 def retry_jobs(*, job_ids: Sequence[int]) -> int:

@@ -6,9 +6,10 @@ from datetime import datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from notifications import delivery, publishing, services
+from notifications import delivery, journal, metrics, publishing, services
 from notifications.models import EmailAttempt, EmailJob
 from tests.factories import EmailJobFactory
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = EmailJob.Status
@@ -81,17 +82,79 @@ def test_expired_lease_returns_the_job_and_records_the_lost_attempt(broker):
     job = EmailJobFactory()
     delivery.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1)
     result = services.recover_jobs(now=timezone.now() + timedelta(minutes=5))
-    assert result == {"released": 1, "republished": 0, "expired": 0}
+    assert result == {"released": 1, "settled": 0, "republished": 0, "expired": 0}
     job.refresh_from_db()
     assert (job.status, job.attempts) == (Status.PENDING, 1)
     assert job.attempt_log.get().outcome == EmailAttempt.Outcome.LOST
     assert broker.client().llen("email") == 1
 
 
+class WorkerDied(BaseException):
+    """Stands for a SIGKILL between the SMTP server's acceptance and the settle."""
+
+
+def _die(*args, **kwargs):
+    raise WorkerDied
+
+
+def test_a_batch_is_settled_together_and_leaves_no_journal(smtp, broker):
+    jobs = [EmailJobFactory(index=i) for i in range(5)]
+    assert delivery.deliver_due_jobs(job_id=jobs[0].pk) == 5
+    assert smtp.by_message_id() == {job.message_id: 1 for job in jobs}
+    assert set(EmailJob.objects.values_list("status", "attempts", "last_smtp_code")) == {
+        (Status.SENT, 1, 250)
+    }
+    assert EmailAttempt.objects.filter(outcome=EmailAttempt.Outcome.SENT).count() == 5
+    assert not broker.client().keys(f"{journal.KEY_PREFIX}*")
+    assert metrics.read_tallies()[f"attempts:{EmailAttempt.Outcome.SENT}"] == 5
+
+
+def test_a_job_accepted_before_its_worker_died_is_recorded_sent_not_sent_again(
+    smtp, broker, monkeypatch
+):
+    job = EmailJobFactory()
+    monkeypatch.setattr(delivery, "settle_accepted", _die)
+    with pytest.raises(WorkerDied):
+        delivery.deliver_due_jobs(job_id=job.pk)
+    monkeypatch.undo()
+    job.refresh_from_db()
+    assert job.status == Status.SENDING  # the server has it; the database does not say so yet
+
+    result = services.recover_jobs(now=timezone.now() + timedelta(minutes=5))
+    assert result == {"released": 0, "settled": 1, "republished": 0, "expired": 0}
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.last_smtp_code) == (Status.SENT, 1, 250)
+    assert job.smtp_response.startswith("250 ") and job.sent_at is not None
+    assert list(job.attempt_log.values_list("outcome", flat=True)) == ["sent"]
+    assert broker.client().llen("email") == 0  # nothing to send again
+    assert smtp.by_message_id() == {job.message_id: 1}
+    assert not broker.client().keys(f"{journal.KEY_PREFIX}*")
+
+
+def test_without_redis_for_the_journal_each_job_is_settled_at_once(smtp, broker, settings):
+    settings.EMAIL_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    jobs = [EmailJobFactory(index=i) for i in range(3)]
+    assert delivery.deliver_due_jobs(job_id=jobs[0].pk) == 3
+    assert smtp.by_message_id() == {job.message_id: 1 for job in jobs}
+    assert set(EmailJob.objects.values_list("status", flat=True)) == {Status.SENT}
+    assert EmailAttempt.objects.filter(outcome=EmailAttempt.Outcome.SENT).count() == 3
+
+
+def test_expired_leases_wait_while_the_journal_cannot_be_read(broker, settings):
+    job = EmailJobFactory()
+    delivery.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1)
+    settings.EMAIL_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    result = services.recover_jobs(now=timezone.now() + timedelta(minutes=5))
+    assert result["released"] == 0 and result["settled"] == 0
+    job.refresh_from_db()
+    assert job.status == Status.SENDING  # released once the journal says it was never sent
+    assert not job.attempt_log.exists()
+
+
 def test_a_live_lease_is_left_alone(broker):
     job = EmailJobFactory()
     delivery.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1)
-    assert services.recover_jobs() == {"released": 0, "republished": 0, "expired": 0}
+    assert services.recover_jobs() == {"released": 0, "settled": 0, "republished": 0, "expired": 0}
     job.refresh_from_db()
     assert job.status == Status.SENDING
 
@@ -101,9 +164,9 @@ def test_due_jobs_whose_message_was_lost_are_republished_once(broker, settings):
     old = timezone.now() - timedelta(minutes=5)
     lost = EmailJobFactory(index=1, dispatched_at=old, next_attempt_at=old)
     EmailJobFactory(index=2)  # just published: its message is still on its way
-    assert services.recover_jobs() == {"released": 0, "republished": 1, "expired": 0}
+    assert services.recover_jobs() == {"released": 0, "settled": 0, "republished": 1, "expired": 0}
     assert broker.client().llen("email") == 1
-    assert services.recover_jobs() == {"released": 0, "republished": 0, "expired": 0}
+    assert services.recover_jobs() == {"released": 0, "settled": 0, "republished": 0, "expired": 0}
     lost.refresh_from_db()
     assert lost.dispatched_at > old
 

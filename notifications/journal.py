@@ -1,0 +1,102 @@
+"""Messages the SMTP server accepted that the database does not record yet.
+
+A worker settles the sent jobs of a batch in one transaction once the batch is over, instead of
+one transaction per message. Each acceptance is written here, in Redis, the moment the server
+gives it, keyed by the claim that holds the job. If the worker dies before it settles, the
+sweeper finds the acceptance when the lease runs out and records the job as sent, instead of
+sending it again: a crash still repeats at most the message that was on the wire.
+
+When Redis cannot take an acceptance, the worker settles that job in the database at once, as
+it would without this journal; nothing depends on Redis keeping more than that.
+"""
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+import redis
+
+from . import shared_redis
+
+logger = logging.getLogger(__name__)
+KEY_PREFIX = "vertex_email:accepted:"
+# Far longer than a lease: an acceptance is read at the latest by the sweep after the lease ends.
+TTL_SECONDS = 7 * 86400
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    job_id: int
+    attempt: int
+    started_at: datetime
+    duration: float
+    sent_at: datetime
+    response: str
+    refused: dict
+
+    def to_json(self) -> str:
+        fields = asdict(self)
+        fields["started_at"] = self.started_at.isoformat()
+        fields["sent_at"] = self.sent_at.isoformat()
+        return json.dumps(fields)
+
+    @classmethod
+    def from_json(cls, text: bytes | str) -> "Acceptance":
+        fields = json.loads(text)
+        fields["started_at"] = datetime.fromisoformat(fields["started_at"])
+        fields["sent_at"] = datetime.fromisoformat(fields["sent_at"])
+        return cls(**fields)
+
+
+def _key(claim_token: str) -> str:
+    return KEY_PREFIX + claim_token
+
+
+def record(claim_token: str, acceptance: Acceptance) -> bool:
+    """Write one acceptance; False when Redis cannot take it (then settle the job at once)."""
+    try:
+        with shared_redis.client().pipeline(transaction=False) as pipe:
+            pipe.hset(_key(claim_token), str(acceptance.job_id), acceptance.to_json())
+            pipe.expire(_key(claim_token), TTL_SECONDS)
+            pipe.execute()
+    except (redis.RedisError, OSError) as error:
+        logger.warning(
+            "job %s: acceptance not journaled, Redis unavailable (%s); settling it at once",
+            acceptance.job_id,
+            error,
+        )
+        return False
+    return True
+
+
+def forget(claim_token: str, job_ids: Iterable[int]) -> None:
+    """Drop acceptances the database now records. A failure only leaves them to expire."""
+    fields = [str(job_id) for job_id in job_ids]
+    if not fields:
+        return
+    try:
+        shared_redis.client().hdel(_key(claim_token), *fields)
+    except (redis.RedisError, OSError) as error:
+        logger.warning("journal: %d settled acceptance(s) left to expire: %s", len(fields), error)
+
+
+def find(claims: Iterable[tuple[int, str]]) -> dict[int, Acceptance]:
+    """The journaled acceptances of these (job id, claim token) pairs, by job id.
+
+    Raises redis.RedisError when Redis cannot be read: the caller must then not assume that the
+    server never took these messages.
+    """
+    claims = [(job_id, token) for job_id, token in claims if token]
+    if not claims:
+        return {}
+    with shared_redis.client().pipeline(transaction=False) as pipe:
+        for job_id, token in claims:
+            pipe.hget(_key(token), str(job_id))
+        values = pipe.execute()
+    return {
+        job_id: Acceptance.from_json(value)
+        for (job_id, _), value in zip(claims, values, strict=True)
+        if value is not None
+    }
