@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 import redis
 from django.core.mail import EmailMessage
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
 from . import delivery, journal, metrics, publishing, selectors
@@ -49,12 +49,44 @@ def enqueue_emails(
     ]
     try:  # the unique Message-ID column refuses a reused one; no SELECT before every INSERT
         with transaction.atomic():
-            EmailJob.objects.bulk_create(jobs, batch_size=500)
+            if len(jobs) == 1:  # send_mail(): the common call, and the one that must be quick
+                _insert_one(jobs[0])
+            else:
+                EmailJob.objects.bulk_create(jobs, batch_size=500)
             transaction.on_commit(lambda: _publish_new(jobs, now))
     except IntegrityError:
         _refuse_reused_message_ids([job.message_id for job in jobs])
         raise
     return jobs
+
+
+def _insert_one(job: EmailJob) -> None:
+    """bulk_create's INSERT for one job, without compiling the statement each time: the ORM's
+    compilation was a third of a send_mail() (0.3 of 0.9 ms). Values are prepared by the model's
+    own fields, as the ORM would."""
+    connection = connections[EmailJob.objects.db]
+    fields = tuple(field for field in EmailJob._meta.concrete_fields if not field.primary_key)
+    values = [field.get_db_prep_save(field.pre_save(job, True), connection) for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql(connection, fields), values)
+        job.pk = cursor.fetchone()[0]
+    job._state.adding, job._state.db = False, EmailJob.objects.db
+
+
+_insert_statements: dict[str, str] = {}  # by database vendor
+
+
+def _insert_sql(connection, fields: tuple) -> str:
+    if connection.vendor not in _insert_statements:
+        quote = connection.ops.quote_name
+        columns = ", ".join(quote(field.column) for field in fields)
+        placeholders = ", ".join(["%s"] * len(fields))
+        table, pk = quote(EmailJob._meta.db_table), quote(EmailJob._meta.pk.column)
+        # Only our own quoted table and column names go into the text; values are parameters.
+        _insert_statements[connection.vendor] = (
+            f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) RETURNING {pk}"  # noqa: S608
+        )
+    return _insert_statements[connection.vendor]
 
 
 def _refuse_reused_message_ids(message_ids: list[str]) -> None:
