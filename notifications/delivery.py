@@ -45,33 +45,56 @@ def claim_jobs(
     *, job_id: int | None, now: datetime, limit: int, others: bool = True
 ) -> list[EmailJob]:
     """Claim `job_id` (if due) and, unless `others` is false, other due jobs, `limit` in all;
-    returns them, `job_id` first."""
+    returns them, `job_id` first.
+
+    The conditional UPDATE (still `pending`, still due) is what claims. On PostgreSQL the pick
+    runs in the same transaction with FOR UPDATE SKIP LOCKED, so concurrent claimers skip each
+    other's rows. On SQLite, which lets one writer in at a time, the pick is read before the write
+    lock is taken: a claimer that finds nothing due takes no lock at all, and the lock is held for
+    one UPDATE only. A job another claimer took in between is simply not claimed.
+    """
     token = uuid.uuid4().hex
-    with transaction.atomic():
-        due = EmailJob.objects.filter(status=Status.PENDING, next_attempt_at__lte=now).exclude(
-            expires_at__lte=now
-        )
-        ids = list(due.filter(pk=job_id).values_list("pk", flat=True)) if job_id else []
-        if others and limit > len(ids):
-            candidates = due.exclude(pk__in=ids).order_by("priority", "next_attempt_at", "pk")
-            # PostgreSQL: concurrent claimers skip each other's rows; SQLite: a no-op, as its
-            # IMMEDIATE transaction already serializes claimers.
+    due = EmailJob.objects.filter(status=Status.PENDING, next_attempt_at__lte=now).exclude(
+        expires_at__lte=now
+    )
+    if connection.features.has_select_for_update_skip_locked:
+        with transaction.atomic():
+            ids = _pick(due, job_id=job_id, limit=limit, others=others, skip_locked=True)
+            _mark_claimed(due, ids, token, now)
+    else:
+        ids = _pick(due, job_id=job_id, limit=limit, others=others, skip_locked=False)
+        if ids:
+            with transaction.atomic():
+                _mark_claimed(due, ids, token, now)
+    if not ids:
+        return []
+    claimed = {
+        job.pk: job
+        for job in EmailJob.objects.filter(pk__in=ids, claim_token=token).only(*SEND_FIELDS)
+    }
+    return [claimed[pk] for pk in ids if pk in claimed]
+
+
+def _pick(due, *, job_id: int | None, limit: int, others: bool, skip_locked: bool) -> list[int]:
+    """Ids of due jobs to claim: `job_id` first, then by priority and waiting time."""
+    ids = list(due.filter(pk=job_id).values_list("pk", flat=True)) if job_id else []
+    if others and limit > len(ids):
+        candidates = due.exclude(pk__in=ids).order_by("priority", "next_attempt_at", "pk")
+        if skip_locked:
             candidates = candidates.select_for_update(skip_locked=True, of=("self",))
-            ids += list(candidates.values_list("pk", flat=True)[: limit - len(ids)])
-        if not ids:
-            return []
-        EmailJob.objects.filter(pk__in=ids, status=Status.PENDING).update(
+        ids += list(candidates.values_list("pk", flat=True)[: limit - len(ids)])
+    return ids
+
+
+def _mark_claimed(due, ids: list[int], token: str, now: datetime) -> None:
+    if ids:
+        due.filter(pk__in=ids).update(
             status=Status.SENDING,
             attempts=F("attempts") + 1,
             lease_expires_at=now + timedelta(seconds=option("LEASE_SECONDS")),
             claim_token=token,
             updated_at=now,
         )
-    claimed = {
-        job.pk: job
-        for job in EmailJob.objects.filter(pk__in=ids, claim_token=token).only(*SEND_FIELDS)
-    }
-    return [claimed[pk] for pk in ids if pk in claimed]
 
 
 def deliver_job(*, job_id: int) -> str | None:
