@@ -68,6 +68,26 @@ def test_list_never_counts_the_whole_table(admin_client, failed_job):
     assert '"mime_message"' not in listed  # a page of jobs does not load their MIME bytes
 
 
+def test_a_page_of_jobs_costs_the_same_queries_whatever_its_rows(admin_client):
+    def queries_for_the_list() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_client.get(JOBS_URL).status_code == 200
+        return len(queries.captured_queries)
+
+    EmailJobFactory(index=1)
+    one_row = queries_for_the_list()
+    for index in range(2, 6):
+        EmailJobFactory(index=index)
+    assert queries_for_the_list() == one_row  # str(job), in each checkbox's label, loads nothing
+
+
+def test_the_capped_count_is_unordered(admin_client, failed_job):
+    with CaptureQueriesContext(connection) as queries:
+        admin_client.get(JOBS_URL, {"status__exact": "failed"})
+    count = next(q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper())
+    assert "ORDER BY" not in count.upper()  # an ORDER BY made SQLite scan the table in that order
+
+
 def test_past_the_cap_the_list_says_more_than(admin_client, monkeypatch):
     monkeypatch.setattr(CappedCountPaginator, "cap", 3)
     for index in range(5):
