@@ -106,6 +106,21 @@ def test_search_by_exact_message_id_recipient_and_subject(admin_client, failed_j
     assert job_url(failed_job) not in admin_client.get(JOBS_URL, {"q": partial}).content.decode()
 
 
+def test_a_whole_address_or_message_id_is_looked_up_without_a_scan(admin_client, failed_job):
+    other = EmailJobFactory(index=2)
+    bare_id = failed_job.message_id.strip("<>")
+    for term in ("USER1@Example.org", f" {failed_job.message_id} ", bare_id):
+        with CaptureQueriesContext(connection) as queries:
+            page = admin_client.get(JOBS_URL, {"q": term}).content.decode()
+        assert job_url(failed_job) in page
+        assert job_url(other) not in page
+        assert not any(" LIKE " in q["sql"].upper() for q in queries.captured_queries)
+    assert (
+        job_url(failed_job)
+        not in admin_client.get(JOBS_URL, {"q": "ser1@example.org"}).content.decode()
+    )
+
+
 def test_filter_by_status_and_date(admin_client, failed_job):
     pending = EmailJobFactory(index=2)
     page = admin_client.get(JOBS_URL, {"status__exact": "failed"}).content.decode()
