@@ -7,6 +7,7 @@ pending (retry later); pending -> cancelled. Sending lives in delivery.py.
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from time import monotonic, sleep
 
 from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
@@ -224,13 +225,17 @@ def purge_jobs(
     *,
     status: str,
     created_before: datetime,
-    batch_size: int = 5000,
+    batch_size: int = 1000,
+    rest: float = 1.0,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
     """Delete finished jobs created before a time, with their attempts, a batch a transaction.
 
     Batches are taken in (status, created_at) index order and each is deleted in its own short
     transaction, so workers and the admin wait at most for one batch, never for the whole purge.
+    After each batch the purge rests `rest` times as long as the batch took. On SQLite each batch
+    holds the one write lock, and a sender waiting for it polls (every 100 ms at worst): back to
+    back, batches left a sender one write in 200 ms for the whole purge.
     """
     if status not in PURGEABLE:
         raise ValueError(f"only sent, failed or cancelled jobs can be purged, not {status!r}")
@@ -238,6 +243,7 @@ def purge_jobs(
     deleted = {"jobs": 0, "attempts": 0}
     since = None
     while True:
+        started = monotonic()
         with transaction.atomic():
             # Locked rows cannot be retried (failed -> pending) between this read and the delete.
             batch = (old.filter(created_at__gte=since) if since else old).select_for_update()
@@ -251,6 +257,7 @@ def purge_jobs(
         since = rows[-1][1]
         if on_batch:
             on_batch(len(job_ids))
+        sleep(rest * (monotonic() - started))
 
 
 def _delete(rows) -> int:
