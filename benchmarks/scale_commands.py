@@ -11,7 +11,8 @@ process:
   - GET /api/monitoring/email-stats, GET /metrics and the admin's EmailJob list (its first page,
     each choice of each list filter, a search) through Django's test client, as a superuser
   - `email_queue purge --status sent --older-than --purge-days` (last: it deletes), with its
-    batches and the longest one: a sender waits at most that long for the purge
+    batches and the longest one, while a thread stands in for a sender: a short write every
+    20 ms, whose waits show whether the purge holds senders up
   - a summary: each read, its median, and whether it answers in under 200 ms (issue 5)
 
 The stats, the API and /metrics also read Redis (pauses, attempt tallies) at EMAIL_REDIS_URL;
@@ -27,6 +28,7 @@ import argparse
 import os
 import statistics
 import sys
+import threading
 import time
 from datetime import timedelta
 from io import StringIO
@@ -55,6 +57,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=5, help="Runs of each read; median shown.")
     parser.add_argument("--reuse", action="store_true", help="Keep the rows already there.")
     parser.add_argument("--no-purge", action="store_true", help="Skip the (destructive) purge.")
+    parser.add_argument("--purge-batch-size", type=int, help="The purge's --batch-size.")
     return parser.parse_args()
 
 
@@ -318,41 +321,84 @@ def report_admin(repeat: int, client, user) -> None:
         print(f"  {label:<44} {ms:8.1f}   status {response.status_code}, {shown}")
 
 
-def report_purge(purge_days: int) -> None:
+def report_purge(purge_days: int, batch_size: int | None) -> None:
     from unittest import mock
 
     from notifications import services
     from notifications.models import EmailAttempt, EmailJob
 
     batches: list[float] = []  # seconds each batch took, its transaction from start to commit
-    purge_jobs = services.purge_jobs
+    purge_jobs, rest = services.purge_jobs, services.sleep
+    mark = 0.0
 
     def timed_purge(*, on_batch, **kwargs):
-        mark = time.perf_counter()
-
         def on_each(count: int) -> None:  # called just after each batch commits
             nonlocal mark
             batches.append(time.perf_counter() - mark)
             on_batch(count)
-            mark = time.perf_counter()
 
         return purge_jobs(on_batch=on_each, **kwargs)
 
+    def timed_rest(seconds: float) -> None:  # the purge's rest between batches is not a batch
+        nonlocal mark
+        rest(seconds)
+        mark = time.perf_counter()
+
     before = EmailJob.objects.count(), EmailAttempt.objects.count()
-    start = time.perf_counter()
-    with mock.patch.object(services, "purge_jobs", timed_purge):
-        out = run_command("purge", "--status", "sent", "--older-than", str(purge_days), "--json")
-    seconds = time.perf_counter() - start
+    pending = EmailJob.objects.filter(status="pending").values_list("pk", flat=True).first()
+    stop, writes = threading.Event(), []
+    sender = threading.Thread(target=sender_writes, args=(pending, stop, writes))
+    sender.start()
+    start = mark = time.perf_counter()
+    options = ["--batch-size", str(batch_size)] if batch_size else []
+    try:
+        with (
+            mock.patch.object(services, "purge_jobs", timed_purge),
+            mock.patch.object(services, "sleep", timed_rest),
+        ):
+            out = run_command(
+                "purge", "--status", "sent", "--older-than", str(purge_days), "--json", *options
+            )
+    finally:
+        seconds = time.perf_counter() - start
+        stop.set()
+        sender.join()
     after = EmailJob.objects.count(), EmailAttempt.objects.count()
-    print(f"\npurge --status sent --older-than {purge_days}: {seconds:.1f}s   {out.strip()}")
+    print(f"\npurge --status sent --older-than {purge_days} {' '.join(options)}: "
+          f"{seconds:.1f}s   {out.strip()}")  # fmt: skip
     print(f"  jobs {before[0]:,} -> {after[0]:,}, attempts {before[1]:,} -> {after[1]:,}, "
           f"{(before[0] - after[0]) / seconds:,.0f} jobs/s")  # fmt: skip
     if batches:
         print(f"  {len(batches)} batches; each a transaction of median "
               f"{statistics.median(batches) * 1000:.0f} ms, longest {max(batches) * 1000:.0f} ms "
               "(the longest a sender waits for the purge)")  # fmt: skip
+    if writes:
+        writes.sort()
+        print(f"  a sender's write during the purge ({len(writes)} of them): median "
+              f"{statistics.median(writes) * 1000:.0f} ms, p99 "
+              f"{writes[int(len(writes) * 0.99)] * 1000:.0f} ms, longest "
+              f"{writes[-1] * 1000:.0f} ms")  # fmt: skip
     ms, _ = timed(1, lambda: run_command("stats", "--json"))
     print(f"  stats --json after the purge: {ms:.1f} ms")
+
+
+def sender_writes(job_id: int | None, stop, writes: list[float]) -> None:
+    """Stands in for a worker settling jobs while the purge runs, on its own connection: a short
+    write transaction every 20 ms, each timed from asking for it to its commit."""
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from notifications.models import EmailJob
+
+    try:
+        while job_id is not None and not stop.is_set():
+            start = time.perf_counter()
+            with transaction.atomic():
+                EmailJob.objects.filter(pk=job_id).update(updated_at=timezone.now())
+            writes.append(time.perf_counter() - start)
+            stop.wait(0.02)
+    finally:
+        connection.close()
 
 
 def report_summary() -> None:
@@ -383,7 +429,7 @@ def main() -> None:
     report_admin(args.repeat, client, user)
     report_summary()
     if not args.no_purge:
-        report_purge(args.purge_days)
+        report_purge(args.purge_days, args.purge_batch_size)
 
 
 if __name__ == "__main__":
