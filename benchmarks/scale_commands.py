@@ -336,6 +336,7 @@ def report_purge(purge_days: int, batch_size: int | None) -> None:
             nonlocal mark
             batches.append(time.perf_counter() - mark)
             on_batch(count)
+            mark = time.perf_counter()
 
         return purge_jobs(on_batch=on_each, **kwargs)
 
