@@ -234,8 +234,9 @@ def purge_jobs(
     Batches are taken in (status, created_at) index order and each is deleted in its own short
     transaction, so workers and the admin wait at most for one batch, never for the whole purge.
     After each batch the purge rests `rest` times as long as the batch took. On SQLite each batch
-    holds the one write lock, and a sender waiting for it polls (every 100 ms at worst): back to
-    back, batches left a sender one write in 200 ms for the whole purge.
+    holds the one write lock (the writer flock, then SQLite's), which is not fair: let go and
+    taken again at once, it went back to the purge before a waiting sender ran, and back to back
+    batches left a sender one write in 200 ms for the whole purge.
     """
     if status not in PURGEABLE:
         raise ValueError(f"only sent, failed or cancelled jobs can be purged, not {status!r}")
