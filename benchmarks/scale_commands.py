@@ -8,8 +8,16 @@ process:
 
   - each query behind `email_queue stats` and the API, with its query plan
   - `email_queue stats --json`, `failed --limit 20`, `purge --dry-run`
-  - GET /api/monitoring/email-stats through Django's test client, logged in as a superuser
-  - `email_queue purge --status sent --older-than --purge-days` (last: it deletes)
+  - GET /api/monitoring/email-stats, GET /metrics and the admin's EmailJob list (its first page,
+    each choice of each list filter, a search) through Django's test client, as a superuser
+  - `email_queue purge --status sent --older-than --purge-days` (last: it deletes), with its
+    batches and the longest one, while a thread stands in for a sender: a short write every
+    20 ms, whose waits show whether the purge holds senders up
+  - a summary: each read, its median, and whether it answers in under 200 ms (issue 5)
+
+The stats, the API and /metrics also read Redis (pauses, attempt tallies) at EMAIL_REDIS_URL;
+start one (`redis-server --port 6390 --save ''`, EMAIL_REDIS_URL=redis://127.0.0.1:6390/0) so
+that their figures include it rather than a refused connection.
 
     .venv/bin/python benchmarks/scale_commands.py             # 1,000,000 jobs, /tmp/scale.sqlite3
     .venv/bin/python benchmarks/scale_commands.py --reuse     # keep the rows of an earlier run
@@ -20,13 +28,17 @@ import argparse
 import os
 import statistics
 import sys
+import threading
 import time
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 20_000
+GOAL_MS = 200  # issue 5: every operator read under 200 ms on a million jobs
+SUMMARY: list[tuple[str, float]] = []  # (read, median ms), in the order they ran
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,6 +57,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=5, help="Runs of each read; median shown.")
     parser.add_argument("--reuse", action="store_true", help="Keep the rows already there.")
     parser.add_argument("--no-purge", action="store_true", help="Skip the (destructive) purge.")
+    parser.add_argument("--purge-batch-size", type=int, help="The purge's --batch-size.")
     return parser.parse_args()
 
 
@@ -62,7 +75,7 @@ def setup_django(database_url: str) -> None:
 def timed(repeat: int, function) -> tuple[float, object]:
     """Median wall time in milliseconds over `repeat` runs, and the last result."""
     times, result = [], None
-    for _ in range(repeat):
+    for _ in range(max(repeat, 1)):
         start = time.perf_counter()
         result = function()
         times.append((time.perf_counter() - start) * 1000)
@@ -204,6 +217,7 @@ def report_queries(repeat: int) -> None:
     print("\nqueries (median ms)")
     for name, function, plan_of in queries:
         ms, _ = timed(repeat, function)
+        SUMMARY.append((f"query {name}", ms))
         print(f"  {name:<28} {ms:8.1f}")
         if plan_of is not None:
             print(f"    plan: {explain(plan_of)[:300]}")
@@ -225,21 +239,27 @@ def report_commands(repeat: int, purge_days: int) -> None:
         ("purge", "--status", "sent", "--older-than", str(purge_days), "--dry-run"),
     ):
         ms, out = timed(repeat, lambda args=args: run_command(*args))
+        SUMMARY.append((f"email_queue {args[0]}", ms))
         print(f"  email_queue {' '.join(args):<52} {ms:8.1f}   {out.splitlines()[0][:60]}")
 
 
-def report_api(repeat: int) -> None:
+def superuser_client():
     from django.contrib.auth import get_user_model
     from django.test import Client
     from django.test.utils import setup_test_environment
 
-    setup_test_environment()  # lets the test client's host in
+    setup_test_environment()  # lets the test client's host in, and keeps each response's context
     user, _ = get_user_model().objects.get_or_create(
         username="scale-benchmark", defaults={"is_staff": True, "is_superuser": True}
     )
     client = Client()
     client.force_login(user)
+    return client, user
+
+
+def report_api(repeat: int, client) -> None:
     ms, response = timed(repeat, lambda: client.get("/api/monitoring/email-stats"))
+    SUMMARY.append(("GET /api/monitoring/email-stats", ms))
     body = response.json()
     print(
         f"\nGET /api/monitoring/email-stats (median ms) {ms:8.1f}   status {response.status_code}"
@@ -248,18 +268,146 @@ def report_api(repeat: int) -> None:
           f"{len(body['recent_errors'])} recent errors")  # fmt: skip
 
 
-def report_purge(purge_days: int) -> None:
+def report_metrics(repeat: int, client) -> None:
+    ms, response = timed(repeat, lambda: client.get("/metrics"))
+    SUMMARY.append(("GET /metrics", ms))
+    depth = [
+        line for line in response.content.decode().splitlines()
+        if line.startswith("vertex_ar_email_queue_depth{")
+    ]  # fmt: skip
+    print(f"\nGET /metrics (median ms) {ms:8.1f}   status {response.status_code}, "
+          f"{len(response.content):,} bytes")  # fmt: skip
+    print(f"  {', '.join(line.split('{', 1)[1] for line in depth)}")
+
+
+def admin_reads(user) -> list[tuple[str, str]]:
+    """(label, query string) of the job list: its first page, every choice each list filter
+    offers (as the admin builds them), and searches."""
+    from django.contrib import admin
+    from django.test import RequestFactory
+
+    from notifications.models import EmailJob
+
+    model_admin = admin.site.get_model_admin(EmailJob)
+    request = RequestFactory().get("/")
+    request.user = user
+    changelist = model_admin.get_changelist_instance(request)
+    reads, seen = [("first page", "")], {"", "?"}
+    for spec in changelist.filter_specs:
+        for choice in spec.choices(changelist):
+            query = choice["query_string"]
+            if query not in seen:
+                seen.add(query)
+                reads.append((f"{spec.title}: {choice['display']}", query.lstrip("?")))
+    if model_admin.search_fields:
+        jobs = EmailJob.objects.count()
+        terms = {
+            "search a recipient": f"user{jobs // 3 % 50_000}@example.org",
+            "search a message id": f"<{jobs // 2}@scale.example>",
+            "search a word no job has": "rejected",  # the worst case: nothing ends the scan early
+        }
+        reads += [(label, f"q={quote(term)}") for label, term in terms.items()]
+    return reads
+
+
+def report_admin(repeat: int, client, user) -> None:
+    url = "/admin/notifications/emailjob/"
+    print("\nGET admin EmailJob list (median ms)")
+    for label, query in admin_reads(user):
+        ms, response = timed(repeat, lambda query=query: client.get(f"{url}?{query}"))
+        SUMMARY.append((f"admin jobs, {label}", ms))
+        changelist = response.context["cl"] if response.context else None
+        shown = f"{len(changelist.result_list)} rows" if changelist else "no list"
+        print(f"  {label:<44} {ms:8.1f}   status {response.status_code}, {shown}")
+
+
+def report_purge(purge_days: int, batch_size: int | None) -> None:
+    from unittest import mock
+
+    from notifications import services
     from notifications.models import EmailAttempt, EmailJob
 
+    batches: list[float] = []  # seconds each batch took, its transaction from start to commit
+    purge_jobs, rest = services.purge_jobs, services.sleep
+    mark = 0.0
+
+    def timed_purge(*, on_batch, **kwargs):
+        def on_each(count: int) -> None:  # called just after each batch commits
+            nonlocal mark
+            batches.append(time.perf_counter() - mark)
+            on_batch(count)
+            mark = time.perf_counter()
+
+        return purge_jobs(on_batch=on_each, **kwargs)
+
+    def timed_rest(seconds: float) -> None:  # the purge's rest between batches is not a batch
+        nonlocal mark
+        rest(seconds)
+        mark = time.perf_counter()
+
     before = EmailJob.objects.count(), EmailAttempt.objects.count()
-    start = time.perf_counter()
-    out = run_command("purge", "--status", "sent", "--older-than", str(purge_days), "--json")
-    seconds = time.perf_counter() - start
+    pending = EmailJob.objects.filter(status="pending").values_list("pk", flat=True).first()
+    stop, writes = threading.Event(), []
+    sender = threading.Thread(target=sender_writes, args=(pending, stop, writes))
+    sender.start()
+    start = mark = time.perf_counter()
+    options = ["--batch-size", str(batch_size)] if batch_size else []
+    try:
+        with (
+            mock.patch.object(services, "purge_jobs", timed_purge),
+            mock.patch.object(services, "sleep", timed_rest),
+        ):
+            out = run_command(
+                "purge", "--status", "sent", "--older-than", str(purge_days), "--json", *options
+            )
+    finally:
+        seconds = time.perf_counter() - start
+        stop.set()
+        sender.join()
     after = EmailJob.objects.count(), EmailAttempt.objects.count()
-    print(f"\npurge --status sent --older-than {purge_days}: {seconds:.1f}s   {out.strip()}")
-    print(f"  jobs {before[0]:,} -> {after[0]:,}, attempts {before[1]:,} -> {after[1]:,}")
-    ms, _ = timed(1, lambda: run_command("stats", "--json"))
-    print(f"  stats --json after the purge: {ms:.1f} ms")
+    print(f"\npurge --status sent --older-than {purge_days} {' '.join(options)}: "
+          f"{seconds:.1f}s   {out.strip()}")  # fmt: skip
+    print(f"  jobs {before[0]:,} -> {after[0]:,}, attempts {before[1]:,} -> {after[1]:,}, "
+          f"{(before[0] - after[0]) / seconds:,.0f} jobs/s")  # fmt: skip
+    if batches:
+        print(f"  {len(batches)} batches; each a transaction of median "
+              f"{statistics.median(batches) * 1000:.0f} ms, longest {max(batches) * 1000:.0f} ms "
+              "(the longest a sender waits for the purge)")  # fmt: skip
+    if writes:
+        writes.sort()
+        print(f"  a sender's write during the purge ({len(writes)} of them): median "
+              f"{statistics.median(writes) * 1000:.0f} ms, p99 "
+              f"{writes[int(len(writes) * 0.99)] * 1000:.0f} ms, longest "
+              f"{writes[-1] * 1000:.0f} ms")  # fmt: skip
+    first, _ = timed(1, lambda: run_command("stats", "--json"))
+    ms, _ = timed(3, lambda: run_command("stats", "--json"))
+    print(f"  stats --json after the purge: {first:.1f} ms, then {ms:.1f} ms (median of 3)")
+
+
+def sender_writes(job_id: int | None, stop, writes: list[float]) -> None:
+    """Stands in for a worker settling jobs while the purge runs, on its own connection: a short
+    write transaction every 20 ms, each timed from asking for it to its commit."""
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from notifications.models import EmailJob
+
+    try:
+        while job_id is not None and not stop.is_set():
+            start = time.perf_counter()
+            with transaction.atomic():
+                EmailJob.objects.filter(pk=job_id).update(updated_at=timezone.now())
+            writes.append(time.perf_counter() - start)
+            stop.wait(0.02)
+    finally:
+        connection.close()
+
+
+def report_summary() -> None:
+    print(f"\nsummary: each read, median ms, under {GOAL_MS} ms")
+    width = max(len(name) for name, _ in SUMMARY)
+    for name, ms in SUMMARY:
+        print(f"  {name:<{width}} {ms:8.1f}   <{GOAL_MS} ms: {'yes' if ms < GOAL_MS else 'no'}")
 
 
 def main() -> None:
@@ -277,9 +425,13 @@ def main() -> None:
     print(f"{EmailJob.objects.count():,} jobs")
     report_queries(args.repeat)
     report_commands(args.repeat, args.purge_days)
-    report_api(args.repeat)
+    client, user = superuser_client()
+    report_api(args.repeat, client)
+    report_metrics(args.repeat, client)
+    report_admin(args.repeat, client, user)
+    report_summary()
     if not args.no_purge:
-        report_purge(args.purge_days)
+        report_purge(args.purge_days, args.purge_batch_size)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from django.utils.text import Truncator
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
-from . import services, smtp_config
+from . import selectors, services, smtp_config
 from .forms import SECRETS, NotificationSettingsForm, TestEmailForm
 from .models import AuditLogEntry, EmailAttempt, EmailJob, NotificationSettings
 from .test_email import send_test_email
@@ -46,7 +46,9 @@ class CappedCountPaginator(Paginator):
     def _counted(self) -> int:
         if not isinstance(self.object_list, QuerySet):
             return len(self.object_list)
-        return self.object_list[: self.cap + 1].count()  # COUNT over a LIMIT subquery
+        # COUNT over a LIMIT subquery, unordered: with the list's ORDER BY, SQLite walked the
+        # whole table in that order to find the few rows of a rare status (1 s on a million).
+        return self.object_list.order_by()[: self.cap + 1].count()
 
     @cached_property
     def count(self) -> int:
@@ -201,9 +203,10 @@ LIST_COLUMNS = ("id", "recipient", "subject", "status", "attempts", "created_at"
 
 class EmailJobChangeList(ChangeList):
     def get_queryset(self, request, exclude_parameters=None):
-        # Only the listed columns: never the MIME bytes or bodies of a page of jobs.
+        # Only the listed columns: never the MIME bytes or bodies of a page of jobs. `to` is for
+        # str(job), which each row's checkbox label shows: deferred, it cost a query a row.
         queryset = super().get_queryset(request, exclude_parameters)
-        return queryset.only(*LIST_COLUMNS, "last_error")
+        return queryset.only(*LIST_COLUMNS, "last_error", "to")
 
 
 @admin.register(EmailJob)
@@ -212,7 +215,16 @@ class EmailJobAdmin(admin.ModelAdmin):
 
     list_display = (*LIST_COLUMNS[:2], "short_subject", *LIST_COLUMNS[3:], "short_last_error")
     list_filter = ("status", "created_at")
+    # Newest first by creation, the order of the (created_at) and (status, created_at) indexes:
+    # the first page of any filter reads 100 index entries. By -id, SQLite scanned the whole
+    # table for a rare status, and sorted every job of a date range (0.3-2 s on a million).
+    ordering = ("-created_at", "-id")
+    sortable_by = ("created_at",)  # sorting a million jobs by another column takes seconds
     search_fields = ("=message_id", "recipient", "subject")
+    search_help_text = (
+        "A whole address or Message-ID is looked up at once; any other text is searched for "
+        "within recipients and subjects, which reads every job."
+    )
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # per-filter counts are full scans too
     paginator = CappedCountPaginator
@@ -233,6 +245,13 @@ class EmailJobAdmin(admin.ModelAdmin):
 
     def get_changelist(self, request, **kwargs):
         return EmailJobChangeList
+
+    def get_search_results(self, request, queryset, search_term):
+        # A substring search reads every job (1.4 s on a million); an address needs an index.
+        found = selectors.jobs_with_address(queryset, search_term)
+        if found is None:
+            return super().get_search_results(request, queryset, search_term)
+        return found, False
 
     def has_add_permission(self, request):
         return False  # jobs come from send_mail(), never from a form

@@ -2,6 +2,7 @@
 
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Lower
 
 
 class EmailJob(models.Model):
@@ -82,7 +83,8 @@ class EmailJob(models.Model):
             # Operators: lists by status and date, purges of old sent jobs.
             models.Index(fields=["status", "created_at"], name="emailjob_status_created"),
             models.Index(fields=["created_at"], name="emailjob_created"),
-            models.Index(fields=["recipient"], name="emailjob_recipient"),
+            # The admin's search for a whole address, in any case (selectors.jobs_with_address).
+            models.Index(Lower("recipient"), name="emailjob_recipient_lower"),
         ]
         constraints = [
             models.CheckConstraint(

@@ -4,14 +4,19 @@ Every query here is served by an index (see the models' Meta), so the answers st
 table of millions of jobs.
 """
 
+import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from django.db.models import Count, Min
+from django.db.models import Count, Min, Q, QuerySet
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from . import throttle
 from .models import EmailAttempt, EmailJob
+
+# A whole address or Message-ID, with or without its angle brackets, and nothing else.
+WHOLE_ADDRESS = re.compile(r"<?([^\s<>@]+@[^\s<>@]+)>?")
 
 FAILURE_OUTCOMES = (
     EmailAttempt.Outcome.RETRY,
@@ -136,3 +141,15 @@ def job_count(*, status: str, created_before: datetime | None = None) -> int:
     if created_before is not None:
         jobs = jobs.filter(created_at__lt=created_before)
     return jobs.count()
+
+
+def jobs_with_address(jobs: QuerySet, term: str) -> QuerySet | None:
+    """The `jobs` to the address `term` (in any case) or with it as Message-ID, both found by an
+    index; None if `term` is not one whole address, for a search within texts instead (a scan)."""
+    match = WHOLE_ADDRESS.fullmatch(term.strip())
+    if match is None:
+        return None
+    address = match.group(1)
+    return jobs.alias(recipient_lower=Lower("recipient")).filter(
+        Q(recipient_lower=address.lower()) | Q(message_id__in=(address, f"<{address}>"))
+    )

@@ -8,10 +8,11 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from time import monotonic, sleep
 
 import redis
 from django.core.mail import EmailMessage
-from django.db import IntegrityError, connections, transaction
+from django.db import IntegrityError, connection, connections, transaction
 from django.utils import timezone
 
 from . import delivery, journal, metrics, publishing, selectors
@@ -302,13 +303,18 @@ def purge_jobs(
     *,
     status: str,
     created_before: datetime,
-    batch_size: int = 5000,
+    batch_size: int = 1000,
+    rest: float = 1.0,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
     """Delete finished jobs created before a time, with their attempts, a batch a transaction.
 
     Batches are taken in (status, created_at) index order and each is deleted in its own short
     transaction, so workers and the admin wait at most for one batch, never for the whole purge.
+    After each batch the purge rests `rest` times as long as the batch took. On SQLite each batch
+    holds the one write lock (the writer flock, then SQLite's), which is not fair: let go and
+    taken again at once, it went back to the purge before a waiting sender ran, and back to back
+    batches left a sender one write in 200 ms for the whole purge.
     """
     if status not in PURGEABLE:
         raise ValueError(f"only sent, failed or cancelled jobs can be purged, not {status!r}")
@@ -316,12 +322,13 @@ def purge_jobs(
     deleted = {"jobs": 0, "attempts": 0}
     since = None
     while True:
+        started = monotonic()
         with transaction.atomic():
             # Locked rows cannot be retried (failed -> pending) between this read and the delete.
             batch = (old.filter(created_at__gte=since) if since else old).select_for_update()
             rows = list(batch.order_by("created_at").values_list("pk", "created_at")[:batch_size])
             if not rows:
-                return deleted
+                break
             job_ids = [pk for pk, _ in rows]
             deleted["attempts"] += _delete(EmailAttempt.objects.filter(job_id__in=job_ids))
             deleted["jobs"] += _delete(EmailJob.objects.filter(pk__in=job_ids))
@@ -329,6 +336,22 @@ def purge_jobs(
         since = rows[-1][1]
         if on_batch:
             on_batch(len(job_ids))
+        sleep(rest * (monotonic() - started))
+    if deleted["jobs"]:
+        _vacuum(EmailJob, EmailAttempt)
+    return deleted
+
+
+def _vacuum(*models) -> None:
+    """On PostgreSQL, VACUUM what a purge emptied now, not when autovacuum gets to it: until then
+    the pages it touched are not all-visible, and counting jobs by status reads them as well as
+    the index (stats took 0.5-0.9 s after purging 480,000 of a million jobs, 0.05 s after this).
+    A plain VACUUM blocks neither reads nor writes; outside a transaction only, as it must be."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return
+    tables = ", ".join(connection.ops.quote_name(model._meta.db_table) for model in models)
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM (ANALYZE) {tables}")
 
 
 def _delete(rows) -> int:

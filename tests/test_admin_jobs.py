@@ -68,6 +68,26 @@ def test_list_never_counts_the_whole_table(admin_client, failed_job):
     assert '"mime_message"' not in listed  # a page of jobs does not load their MIME bytes
 
 
+def test_a_page_of_jobs_costs_the_same_queries_whatever_its_rows(admin_client):
+    def queries_for_the_list() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_client.get(JOBS_URL).status_code == 200
+        return len(queries.captured_queries)
+
+    EmailJobFactory(index=1)
+    one_row = queries_for_the_list()
+    for index in range(2, 6):
+        EmailJobFactory(index=index)
+    assert queries_for_the_list() == one_row  # str(job), in each checkbox's label, loads nothing
+
+
+def test_the_capped_count_is_unordered(admin_client, failed_job):
+    with CaptureQueriesContext(connection) as queries:
+        admin_client.get(JOBS_URL, {"status__exact": "failed"})
+    count = next(q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper())
+    assert "ORDER BY" not in count.upper()  # an ORDER BY made SQLite scan the table in that order
+
+
 def test_past_the_cap_the_list_says_more_than(admin_client, monkeypatch):
     monkeypatch.setattr(CappedCountPaginator, "cap", 3)
     for index in range(5):
@@ -84,6 +104,21 @@ def test_search_by_exact_message_id_recipient_and_subject(admin_client, failed_j
         assert job_url(other) not in page
     partial = failed_job.message_id[:10]
     assert job_url(failed_job) not in admin_client.get(JOBS_URL, {"q": partial}).content.decode()
+
+
+def test_a_whole_address_or_message_id_is_looked_up_without_a_scan(admin_client, failed_job):
+    other = EmailJobFactory(index=2)
+    bare_id = failed_job.message_id.strip("<>")
+    for term in ("USER1@Example.org", f" {failed_job.message_id} ", bare_id):
+        with CaptureQueriesContext(connection) as queries:
+            page = admin_client.get(JOBS_URL, {"q": term}).content.decode()
+        assert job_url(failed_job) in page
+        assert job_url(other) not in page
+        assert not any(" LIKE " in q["sql"].upper() for q in queries.captured_queries)
+    assert (
+        job_url(failed_job)
+        not in admin_client.get(JOBS_URL, {"q": "ser1@example.org"}).content.decode()
+    )
 
 
 def test_filter_by_status_and_date(admin_client, failed_job):

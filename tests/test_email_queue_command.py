@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from notifications import delivery
+from notifications import delivery, services
 from notifications.models import EmailAttempt, EmailJob
 from tests.factories import EmailJobFactory
 from tests.support.processes import ROOT
@@ -255,6 +255,20 @@ def test_purge_deletes_only_old_jobs_of_the_status_and_their_attempts():
     assert set(EmailJob.objects.values_list("pk", flat=True)) == {job.pk for job in kept}
     assert set(EmailAttempt.objects.values_list("job_id", flat=True)) == {job.pk for job in kept}
     assert not EmailAttempt.objects.filter(job_id__in=[job.pk for job in old_sent]).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_purge_rests_after_each_batch_as_long_as_the_batch_took(monkeypatch):
+    # On SQLite a batch holds the one write lock; the rest lets a waiting sender in.
+    for i in range(5):
+        aged(Status.SENT, 40, i)
+    clock = iter([0.0, 0.1, 1.0, 1.3, 2.0, 2.05, 3.0])  # start and end of 3 batches, then none
+    rests = []
+    monkeypatch.setattr(services, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(services, "sleep", rests.append)
+    deleted = services.purge_jobs(status=Status.SENT, created_before=timezone.now(), batch_size=2)
+    assert deleted == {"jobs": 5, "attempts": 5}
+    assert rests == pytest.approx([0.1, 0.3, 0.05])
 
 
 def test_purge_dry_run_counts_and_deletes_nothing():

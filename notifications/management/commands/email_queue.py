@@ -89,8 +89,14 @@ class Command(BaseCommand):
 
         purge = commands.add_parser(
             "purge",
-            parents=[json_flag, batch_flag],
+            parents=[json_flag],
             help="Delete old finished jobs and their attempts, in batches of short transactions.",
+        )
+        purge.add_argument(
+            "--batch-size",
+            type=_count(1),
+            default=1000,
+            help="Jobs per transaction (1000): on SQLite a sender may wait for one batch.",
         )
         purge.add_argument("--status", required=True, choices=[s.value for s in services.PURGEABLE])
         purge.add_argument(
