@@ -13,7 +13,7 @@ it would without this journal; nothing depends on Redis keeping more than that.
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 
 import redis
@@ -37,10 +37,18 @@ class Acceptance:
     refused: dict
 
     def to_json(self) -> str:
-        fields = asdict(self)
-        fields["started_at"] = self.started_at.isoformat()
-        fields["sent_at"] = self.sent_at.isoformat()
-        return json.dumps(fields)
+        # By hand: dataclasses.asdict() deep-copies, a sixth of the cost of journaling.
+        return json.dumps(
+            {
+                "job_id": self.job_id,
+                "attempt": self.attempt,
+                "started_at": self.started_at.isoformat(),
+                "duration": self.duration,
+                "sent_at": self.sent_at.isoformat(),
+                "response": self.response,
+                "refused": self.refused,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: bytes | str) -> "Acceptance":

@@ -11,6 +11,7 @@ backwards. See docs/prometheus/README.md.
 import logging
 import math
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterator
 
 import redis
@@ -70,24 +71,29 @@ def observe_attempts(observations: list[tuple[str, float | None]]) -> None:
     Never raises: the attempts are already recorded in the database, and a metrics outage must
     not turn a delivered message into a failed task.
     """
-    known = [(o, d) for o, d in observations if o in Outcome.values]
-    for outcome, _ in observations:
+    increments: Counter[str] = Counter()
+    sums: Counter[str] = Counter()
+    for outcome, duration in observations:
         if outcome not in Outcome.values:
             logger.error("metrics: unknown attempt outcome %r not counted", outcome)
-    if not known:
+            continue
+        increments[f"attempts:{outcome}"] += 1
+        if duration is not None and outcome in TIMED_OUTCOMES:
+            duration = max(float(duration), 0.0)
+            increments[f"duration:{outcome}:{_label(_bound(duration))}"] += 1
+            sums[f"duration_sum:{outcome}"] += duration
+    if not increments:
         return
     try:
         with _redis().pipeline(transaction=True) as pipe:  # all fields of these attempts, or none
-            for outcome, duration in known:
-                pipe.hincrby(TALLY_KEY, f"attempts:{outcome}", 1)
-                if duration is not None and outcome in TIMED_OUTCOMES:
-                    duration = max(float(duration), 0.0)
-                    pipe.hincrby(TALLY_KEY, f"duration:{outcome}:{_label(_bound(duration))}", 1)
-                    pipe.hincrbyfloat(TALLY_KEY, f"duration_sum:{outcome}", duration)
+            for field, count in increments.items():
+                pipe.hincrby(TALLY_KEY, field, count)
+            for field, total in sums.items():
+                pipe.hincrbyfloat(TALLY_KEY, field, total)
             pipe.execute()
     except (redis.RedisError, OSError) as error:
         logger.warning(
-            "metrics: %d attempt(s) not counted, Redis unavailable: %s", len(known), error
+            "metrics: %d attempt(s) not counted, Redis unavailable: %s", len(observations), error
         )
 
 
