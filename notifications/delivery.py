@@ -50,8 +50,9 @@ def claim_jobs(
     The conditional UPDATE (still `pending`, still due) is what claims. On PostgreSQL the pick
     runs in the same transaction with FOR UPDATE SKIP LOCKED, so concurrent claimers skip each
     other's rows. On SQLite, which lets one writer in at a time, the pick is read before the write
-    lock is taken: a claimer that finds nothing due takes no lock at all, and the lock is held for
-    one UPDATE only. A job another claimer took in between is simply not claimed.
+    lock is taken: a claimer that finds nothing due takes no lock at all, and the lock is usually
+    held for one UPDATE only. A job another claimer took in between is not claimed; if all were
+    taken, the pick is made again under the lock.
     """
     token = uuid.uuid4().hex
     due = EmailJob.objects.filter(status=Status.PENDING, next_attempt_at__lte=now).exclude(
@@ -65,7 +66,11 @@ def claim_jobs(
         ids = _pick(due, job_id=job_id, limit=limit, others=others, skip_locked=False)
         if ids:
             with transaction.atomic():
-                _mark_claimed(due, ids, token, now)
+                if not _mark_claimed(due, ids, token, now):
+                    # Other claimers took them all since the read: pick again, under the lock,
+                    # so that claimers racing for the same jobs don't spin.
+                    ids = _pick(due, job_id=job_id, limit=limit, others=others, skip_locked=False)
+                    _mark_claimed(due, ids, token, now)
     if not ids:
         return []
     claimed = {
@@ -86,15 +91,17 @@ def _pick(due, *, job_id: int | None, limit: int, others: bool, skip_locked: boo
     return ids
 
 
-def _mark_claimed(due, ids: list[int], token: str, now: datetime) -> None:
-    if ids:
-        due.filter(pk__in=ids).update(
-            status=Status.SENDING,
-            attempts=F("attempts") + 1,
-            lease_expires_at=now + timedelta(seconds=option("LEASE_SECONDS")),
-            claim_token=token,
-            updated_at=now,
-        )
+def _mark_claimed(due, ids: list[int], token: str, now: datetime) -> int:
+    """Claim those of `ids` still due and pending; returns how many."""
+    if not ids:
+        return 0
+    return due.filter(pk__in=ids).update(
+        status=Status.SENDING,
+        attempts=F("attempts") + 1,
+        lease_expires_at=now + timedelta(seconds=option("LEASE_SECONDS")),
+        claim_token=token,
+        updated_at=now,
+    )
 
 
 def deliver_job(*, job_id: int) -> str | None:
