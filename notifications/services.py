@@ -65,11 +65,11 @@ def _insert_one(job: EmailJob) -> None:
     """bulk_create's INSERT for one job, without compiling the statement each time: the ORM's
     compilation was a third of a send_mail() (0.3 of 0.9 ms). Values are prepared by the model's
     own fields, as the ORM would."""
-    connection = connections[EmailJob.objects.db]
+    database = connections[EmailJob.objects.db]
     fields = tuple(field for field in EmailJob._meta.concrete_fields if not field.primary_key)
-    values = [field.get_db_prep_save(field.pre_save(job, True), connection) for field in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(connection, fields), values)
+    values = [field.get_db_prep_save(field.pre_save(job, True), database) for field in fields]
+    with database.cursor() as cursor:
+        cursor.execute(_insert_sql(database, fields), values)
         job.pk = cursor.fetchone()[0]
     job._state.adding, job._state.db = False, EmailJob.objects.db
 
@@ -77,17 +77,17 @@ def _insert_one(job: EmailJob) -> None:
 _insert_statements: dict[str, str] = {}  # by database vendor
 
 
-def _insert_sql(connection, fields: tuple) -> str:
-    if connection.vendor not in _insert_statements:
-        quote = connection.ops.quote_name
+def _insert_sql(database, fields: tuple) -> str:
+    if database.vendor not in _insert_statements:
+        quote = database.ops.quote_name
         columns = ", ".join(quote(field.column) for field in fields)
         placeholders = ", ".join(["%s"] * len(fields))
         table, pk = quote(EmailJob._meta.db_table), quote(EmailJob._meta.pk.column)
         # Only our own quoted table and column names go into the text; values are parameters.
-        _insert_statements[connection.vendor] = (
+        _insert_statements[database.vendor] = (
             f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) RETURNING {pk}"  # noqa: S608
         )
-    return _insert_statements[connection.vendor]
+    return _insert_statements[database.vendor]
 
 
 def _refuse_reused_message_ids(message_ids: list[str]) -> None:
