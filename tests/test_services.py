@@ -4,6 +4,7 @@ import json
 from datetime import datetime, timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from notifications import delivery, journal, metrics, publishing, services
@@ -34,6 +35,30 @@ def test_claim_is_exclusive():
     assert delivery.claim_jobs(job_id=job.pk, now=now, limit=1) == []
     job.refresh_from_db()
     assert (job.status, job.attempts) == (Status.SENDING, 1)
+
+
+def test_a_claimer_whose_picked_jobs_were_taken_claims_the_next_ones(monkeypatch):
+    first, second = EmailJobFactory(index=1), EmailJobFactory(index=2)
+    now = timezone.now()
+    real_pick, picks = delivery._pick, []
+
+    def pick_then_lose_the_race(*args, **kwargs):
+        ids = real_pick(*args, **kwargs)
+        picks.append(ids)
+        if len(picks) == 1:  # another claimer takes what we picked before our UPDATE runs
+            monkeypatch.setattr(delivery, "_pick", real_pick)
+            assert [job.pk for job in delivery.claim_jobs(job_id=None, now=now, limit=1)] == ids
+            monkeypatch.setattr(delivery, "_pick", pick_then_lose_the_race)
+        return ids
+
+    monkeypatch.setattr(delivery, "_pick", pick_then_lose_the_race)
+    claimed = delivery.claim_jobs(job_id=None, now=now, limit=1)
+    assert picks[0] == [first.pk]
+    if connection.features.has_select_for_update_skip_locked:
+        assert claimed == []  # PostgreSQL: pick and UPDATE are one transaction; no second pick
+    else:  # SQLite: the pick was a plain read, so it is made again under the lock
+        assert [job.pk for job in claimed] == [second.pk]
+    assert set(EmailJob.objects.values_list("attempts", flat=True)) <= {0, 1}
 
 
 def test_a_job_not_yet_due_is_not_claimed():
