@@ -72,6 +72,19 @@ def test_no_wake_up_message_while_a_worker_is_draining(broker):
     assert broker.client().llen("email") == 1
 
 
+def test_wake_ups_are_decided_the_same_when_the_shared_redis_is_not_the_broker(broker, settings):
+    """Then the draining mark and the queue depth are asked of two servers, not in one go."""
+    settings.EMAIL_REDIS_URL = broker.url.rsplit("/", 1)[0] + "/1"  # the same server, database 1
+    settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "WAKE_QUEUE_DEPTH": 2}
+    publishing.mark_draining(True)
+    send_mail("s", "b", "from@example.org", ["draining@example.org"])
+    assert broker.client().llen("email") == 0
+    publishing.mark_draining(False)
+    for i in range(3):
+        send_mail("s", "b", "from@example.org", [f"user{i}@example.org"])
+    assert broker.client().llen("email") == 2  # the third rides on those two
+
+
 def test_bulk_service_returns_saved_jobs(broker):
     jobs = services.enqueue_emails(messages=[make_message(i) for i in range(10)])
     assert all(job.pk for job in jobs)

@@ -60,3 +60,14 @@ def test_a_second_writer_waits_for_the_first_and_then_goes_on():
     thread.join(10)
     assert order == ["first committing", "second began"]
     assert EmailJob.objects.count() == 2
+
+
+def test_queries_are_still_counted_for_prometheus():
+    """The counting cursor's class is built once per connection; it must still count."""
+    from django_prometheus.db import execute_total
+
+    counted = execute_total.labels(connection.alias, connection.vendor)
+    before = counted._value.get()
+    for _ in range(3):
+        EmailJob.objects.count()
+    assert counted._value.get() == before + 3

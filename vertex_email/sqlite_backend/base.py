@@ -18,6 +18,7 @@ import sys
 
 from django.db.backends.sqlite3.creation import DatabaseCreation as SQLiteCreation
 from django_prometheus.db.backends.sqlite3 import base
+from django_prometheus.db.common import ExportingCursorWrapper
 
 DatabaseFeatures = base.DatabaseFeatures
 
@@ -34,6 +35,14 @@ class DatabaseWrapper(base.DatabaseWrapper):
     creation_class = DatabaseCreation
     _writer_lock_fd: int | None = None
     _writer_lock_held = False
+    _cursor_class = None
+
+    def create_cursor(self, name=None):
+        """django-prometheus's counting cursor, its class built once per connection instead of
+        at every cursor() (a class per query, 0.03 ms, and garbage for the cycle collector)."""
+        if self._cursor_class is None:
+            self._cursor_class = ExportingCursorWrapper(self.CURSOR_CLASS, self.alias, self.vendor)
+        return self.connection.cursor(factory=self._cursor_class)
 
     def _start_transaction_under_autocommit(self):
         self._acquire_writer_lock()
