@@ -85,7 +85,7 @@ def _queue_state() -> tuple[bool, int | None]:
 
 
 def _broker_is_shared_redis() -> bool:
-    broker_url = settings.CELERY_BROKER_URL
+    broker_url = current_app.conf.broker_url or ""
     return broker_url == settings.EMAIL_REDIS_URL and broker_url.startswith(REDIS_SCHEMES)
 
 

@@ -15,7 +15,7 @@ from django.core.mail import EmailMessage
 from django.db import IntegrityError, connection, connections, transaction
 from django.utils import timezone
 
-from . import delivery, journal, metrics, publishing, selectors
+from . import delivery, journal, metrics, publishing, selectors, wakeups
 from .composition import job_fields
 from .conf import option
 from .exceptions import EmailRejected
@@ -129,7 +129,7 @@ def _priority(value: str | int | None) -> int:
 
 
 def _publish_new(jobs: list[EmailJob], now: datetime) -> None:
-    publishing.wake_workers([job.pk for job in jobs if job.next_attempt_at <= now])
+    wakeups.wake_workers_soon([job.pk for job in jobs if job.next_attempt_at <= now])
     for job in jobs:
         if job.next_attempt_at > now:  # scheduled: a countdown, or the sweeper when it is far off
             publishing.publish_jobs([job.pk], countdown=(job.next_attempt_at - now).total_seconds())

@@ -8,7 +8,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.db import connection
 
-from notifications import smtp_config
+from notifications import smtp_config, wakeups
 from notifications.smtp import close_client
 from tests.support.processes import CeleryWorker, RedisServer, free_port
 from tests.support.smtp_sink import SmtpSink
@@ -28,6 +28,13 @@ WORKER_SETTINGS = {
 def queued_email_backend(settings):
     """Django's test runner swaps in the locmem backend; these tests are about ours."""
     settings.EMAIL_BACKEND = "notifications.backends.QueuedEmailBackend"
+
+
+@pytest.fixture(autouse=True)
+def wake_ups_published():
+    """A test's wake-ups are published within the test, never into the next test's broker."""
+    yield
+    assert wakeups.flush(), "wake-ups still unpublished after 5 s"
 
 
 @pytest.fixture(scope="session", autouse=True)

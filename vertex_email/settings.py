@@ -148,6 +148,9 @@ NOTIFICATIONS = {
     "BATCH_SIZE": env.int("EMAIL_BATCH_SIZE", default=20),
     # No new wake-up message while this many already wait on the queue (each drains batches).
     "WAKE_QUEUE_DEPTH": env.int("EMAIL_WAKE_QUEUE_DEPTH", default=8),
+    # Wake-ups are decided by a thread of the enqueuing process, so send_mail() does not wait on
+    # Redis. False where an application may not run threads (uWSGI without --enable-threads).
+    "WAKE_IN_BACKGROUND": env.bool("EMAIL_WAKE_IN_BACKGROUND", default=True),
     # Per SMTP account, across every worker: e.g. "14/s" (SES) or "20/s,2000/d" (Gmail).
     "RATE_LIMITS": env.str("EMAIL_RATE_LIMITS", default=""),
     "CIRCUIT_BREAKER": env.bool("EMAIL_CIRCUIT_BREAKER", default=True),
