@@ -8,7 +8,7 @@ from django.core.mail import EmailMessage, EmailMultiAlternatives
 from django.core.mail import message as django_message
 from django.utils import timezone
 
-from notifications import composition
+from notifications import composition, delivery
 from notifications.composition import job_fields, wire_message
 from notifications.exceptions import EmailRejected
 from notifications.models import EmailJob
@@ -142,6 +142,16 @@ def test_the_date_is_the_enqueue_time_and_the_size_that_of_the_text():
     rendered = wire_message(job)
     assert f"Date: {formatdate(job.created_at.timestamp())}\r\n".encode() in rendered
     assert f"Message-ID: {job.message_id}\r\n".encode() in rendered
+
+
+def test_the_columns_the_worker_loads_are_all_it_renders_from(django_assert_num_queries):
+    job = stored(with_html("<p>x</p>", subject="s", body="b", from_email=FROM, to=TO, cc=TO))
+    loaded = EmailJob.objects.only(*delivery.SEND_FIELDS).get(pk=job.pk)
+    random.seed(7)
+    expected = wire_message(job)
+    random.seed(7)  # the same multipart boundary
+    with django_assert_num_queries(0):
+        assert wire_message(loaded) == expected
 
 
 def test_a_job_rendered_at_enqueue_is_sent_as_stored():
