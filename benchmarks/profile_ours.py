@@ -113,7 +113,7 @@ def main() -> int:
                 return connection.default_channel.client.llen(publishing.QUEUE)
 
         parts = {
-            "job_fields(): validate + render the MIME message": lambda: job_fields(message()),
+            "job_fields(): validate (a simple message: no render)": lambda: job_fields(message()),
             "the row: job_fields() + INSERT + COMMIT": row_only,
             "publishing._messages_waiting(): the wake-up's queue-depth check": (
                 publishing._messages_waiting

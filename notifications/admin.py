@@ -282,6 +282,8 @@ class EmailJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="MIME message")
     def message_size(self, job):
+        if job.layout:  # rendered by the worker; the size is that of the subject and bodies
+            return f"about {filesizeformat(job.size_bytes)}, rendered when sent; not shown"
         return f"{filesizeformat(job.size_bytes)}; not shown"
 
     @admin.action(description="Retry failed jobs", permissions=["change"])

@@ -1,17 +1,24 @@
 """Turn a Django EmailMessage into the fields of a job, refusing bad input with a clear error.
 
-The MIME message is rendered once, here, at enqueue time: the Message-ID and every header are
-fixed before the job exists, and the worker sends exactly these bytes.
+Everything is validated here, at enqueue time, and the Message-ID fixed. A simple message (text
+and/or HTML, no attachments, see `_lazy_layout`) is rendered by the worker from the job's fields
+(`wire_message`), to the very bytes rendering it here would give; any other is rendered here.
 """
 
 import copy
 import functools
 import re
-from email.utils import make_msgid, parseaddr
+from email.utils import formatdate, make_msgid, parseaddr
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.mail import EmailMessage
-from django.core.mail.message import sanitize_address
+from django.core.mail import EmailMessage, EmailMultiAlternatives
+from django.core.mail.message import (
+    ADDRESS_HEADERS,
+    EmailAlternative,
+    forbid_multi_line_headers,
+    sanitize_address,
+)
 from django.core.validators import validate_email
 
 from .conf import option
@@ -22,11 +29,19 @@ from .exceptions import (
     MessageTooLarge,
     NoRecipients,
 )
+from .models import EmailJob
 
 # A plain ASCII address without display name, quotes, comments or encoded words.
 BARE_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
 MAX_LOCAL_PART = 64  # RFC 5321 section 4.5.3.1.1
 ENCODING = "utf-8"
+Layout = EmailJob.Layout
+# A header name as RFC 5322 has it: printable ASCII but the colon.
+FIELD_NAME = re.compile(r"[!-9;-~]+")
+# Most a simple message can grow when rendered: quoted-printable makes a byte "=XX" and breaks
+# lines every 76 characters (3.1 times); the headers and MIME lines fit in the fixed 4 KiB.
+WORST_CASE_GROWTH = 4
+RENDERING_OVERHEAD = 4096
 
 
 def _reject_newlines(field: str, value: str) -> None:
@@ -146,16 +161,12 @@ def job_fields(message: EmailMessage) -> dict:
         message_id = make_msgid(domain=option("MESSAGE_ID_DOMAIN"))
         headers["Message-ID"] = message_id
     attachments = _attachment_summary(message)
-    rendered = copy.copy(message)
-    rendered.extra_headers = headers
-    rendered.subject, rendered.body = subject, message.body or ""  # None would render as "None"
-    try:
-        mime = rendered.message().as_bytes(linesep="\r\n")
-    except (ValueError, TypeError) as exc:  # what Django finds wrong while rendering
-        raise EmailRejected(f"the message cannot be rendered: {exc}") from exc
-    limit = option("MAX_MESSAGE_BYTES")
-    if len(mime) > limit:
-        raise MessageTooLarge(f"the message is {len(mime)} bytes, over the limit of {limit} bytes")
+    layout = _lazy_layout(message, subject, headers, body, html_body)
+    if layout:
+        mime, size = b"", len(subject.encode()) + len(body.encode()) + len(html_body.encode())
+    else:
+        mime = _render(message, subject, headers)
+        size = len(mime)
 
     return {
         "from_email": message.from_email,
@@ -173,5 +184,138 @@ def job_fields(message: EmailMessage) -> dict:
         "envelope_from": envelope_from,
         "envelope_recipients": recipients,
         "mime_message": mime,
-        "size_bytes": len(mime),
+        "size_bytes": size,
+        "layout": layout,
     }
+
+
+def _render(message: EmailMessage, subject: str, headers: dict[str, str]) -> bytes:
+    """The message's MIME bytes, as Django renders it, within the size limit."""
+    rendered = copy.copy(message)
+    rendered.extra_headers = headers
+    rendered.subject, rendered.body = subject, message.body or ""  # None would render as "None"
+    try:
+        mime = rendered.message().as_bytes(linesep="\r\n")
+    except (ValueError, TypeError) as exc:  # what Django finds wrong while rendering
+        raise EmailRejected(f"the message cannot be rendered: {exc}") from exc
+    limit = option("MAX_MESSAGE_BYTES")
+    if len(mime) > limit:
+        raise MessageTooLarge(f"the message is {len(mime)} bytes, over the limit of {limit} bytes")
+    return mime
+
+
+def _lazy_layout(
+    message: EmailMessage, subject: str, headers: dict[str, str], body: str, html_body: str
+) -> str:
+    """The layout the worker can render `message` from, or "" (render it now) on any doubt.
+
+    Only what the job's fields carry whole, renders the same from them, and cannot fail or
+    outgrow the size limit once the checks made so far have passed.
+    """
+    if (
+        type(message) not in (EmailMessage, EmailMultiAlternatives)  # may override message()
+        or message.attachments
+        or message.encoding is not None
+        or settings.DEFAULT_CHARSET.lower() != ENCODING
+        or message.mixed_subtype != "mixed"
+        or getattr(message, "alternative_subtype", "alternative") != "alternative"
+        or not _stored_whole(headers)
+    ):
+        return Layout.RENDERED
+    layout = _content_layout(message)
+    if not layout:
+        return Layout.RENDERED
+    addresses = [message.from_email, *message.to, *message.cc, *message.bcc, *message.reply_to]
+    texts = [subject, body, html_body, *addresses, *headers, *headers.values()]
+    try:
+        size = sum(len(text.encode(ENCODING)) for text in texts)
+    except UnicodeEncodeError:  # lone surrogates: rendering now refuses them as it should
+        return Layout.RENDERED
+    if WORST_CASE_GROWTH * size + RENDERING_OVERHEAD > option("MAX_MESSAGE_BYTES"):
+        return Layout.RENDERED
+    if not all(_renders_as_address_header(", ".join(v)) for v in _address_headers(message)):
+        return Layout.RENDERED
+    return layout
+
+
+def _content_layout(message: EmailMessage) -> str:
+    """Text, HTML, or text with one HTML alternative: what `_bodies` stores unambiguously."""
+    alternatives = getattr(message, "alternatives", None) or []
+    if message.content_subtype in (Layout.PLAIN, Layout.HTML) and not alternatives:
+        return message.content_subtype
+    if message.content_subtype != Layout.PLAIN or len(alternatives) != 1:
+        return Layout.RENDERED
+    alternative = alternatives[0]
+    if (
+        isinstance(alternative, EmailAlternative)  # a tuple appended by hand fails to render
+        and alternative.mimetype == "text/html"
+        and isinstance(alternative.content, str)
+        and alternative.content  # stored "", it would read as "no alternative"
+    ):
+        return Layout.PLAIN_HTML
+    return Layout.RENDERED
+
+
+def _stored_whole(headers: dict[str, str]) -> bool:
+    """Whether the job's `headers` and `message_id` give back these headers, in this order.
+
+    The Message-ID must be the last, spelled so (it is stored apart and put back last); no
+    address header (Django renders those from the address fields). PostgreSQL's jsonb keeps
+    object keys shorter first, then by bytes: the others must already be in that order.
+    """
+    names = list(headers)
+    if names[-1] != "Message-ID" or any(name.lower() == "message-id" for name in names[:-1]):
+        return False
+    names.pop()
+    if any(not FIELD_NAME.fullmatch(name) or name.lower() in ADDRESS_HEADERS for name in names):
+        return False
+    keys = [(len(name), name.encode()) for name in names]  # names are ASCII (FIELD_NAME)
+    return keys == sorted(keys)
+
+
+def _address_headers(message: EmailMessage) -> list[list[str]]:
+    """The address lists Django joins into From, To, Cc and Reply-To; bare addresses need no
+    look, they render as they are."""
+    lists = [[message.from_email], message.to, message.cc, message.reply_to]
+    return [
+        values for values in lists if values and not all(BARE_ADDRESS.fullmatch(v) for v in values)
+    ]
+
+
+@functools.lru_cache(maxsize=4096)
+def _renders_as_address_header(value: str) -> bool:
+    """Whether Django renders this address header without an error. Each address was checked
+    alone; Django parses the joined list again (getaddresses), which may refuse it."""
+    try:
+        forbid_multi_line_headers("To", value, ENCODING)
+    except (ValueError, TypeError, IndexError):
+        return False
+    return True
+
+
+def wire_message(job: EmailJob) -> bytes:
+    """The bytes to send: those stored at enqueue, or the simple message rendered from the
+    fields, dated when it was queued. Raises what Django raises if the fields cannot render."""
+    if not job.layout:
+        return bytes(job.mime_message)
+    headers = dict(job.headers)
+    if not any(name.lower() == "date" for name in headers):  # Django puts it before the others
+        date = formatdate(job.created_at.timestamp(), localtime=settings.EMAIL_USE_LOCALTIME)
+        headers = {"Date": date, **headers}
+    headers["Message-ID"] = job.message_id
+    html = job.layout == Layout.HTML
+    message = EmailMultiAlternatives(
+        subject=job.subject,
+        body=job.html_body if html else job.body,
+        from_email=job.from_email,
+        to=job.to,
+        cc=job.cc,
+        bcc=job.bcc,
+        reply_to=job.reply_to,
+        headers=headers,
+    )
+    if html:
+        message.content_subtype = "html"
+    elif job.layout == Layout.PLAIN_HTML:
+        message.attach_alternative(job.html_body, "text/html")
+    return message.message().as_bytes(linesep="\r\n")

@@ -22,6 +22,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from . import journal, metrics, publishing, throttle
+from .composition import wire_message
 from .conf import SmtpSettings, get_smtp_settings, option
 from .exceptions import PermanentSendError, SendError, SmtpConfigurationError
 from .models import EmailAttempt, EmailJob
@@ -31,13 +32,25 @@ from .smtp import get_client
 logger = logging.getLogger(__name__)
 Status = EmailJob.Status
 Outcome = EmailAttempt.Outcome
-SEND_FIELDS = (
+SEND_FIELDS = (  # what sending reads: the envelope, and what wire_message() renders from
     "pk",
     "attempts",
     "claim_token",
     "envelope_from",
     "envelope_recipients",
     "mime_message",
+    "layout",
+    "from_email",
+    "to",
+    "cc",
+    "bcc",
+    "reply_to",
+    "subject",
+    "body",
+    "html_body",
+    "headers",
+    "message_id",
+    "created_at",
 )
 
 
@@ -275,7 +288,7 @@ def _send_one(
             settings=smtp_settings,
             envelope_from=job.envelope_from,
             recipients=job.envelope_recipients,
-            message=bytes(job.mime_message),
+            message=_wire_bytes(job),
         )
     except SendError as error:
         return _settle_failure(job, error, started_at, time.monotonic() - started), error
@@ -293,6 +306,15 @@ def _send_one(
     else:
         settle_accepted(job.claim_token, [acceptance], journaled=False)
     return Outcome.SENT, None
+
+
+def _wire_bytes(job: EmailJob) -> bytes:
+    """The job's message; one that cannot be rendered (enqueue checked it could) fails for good,
+    as a refusal would: retrying renders the same fields again."""
+    try:
+        return wire_message(job)
+    except (ValueError, TypeError, LookupError, AttributeError) as exc:  # bad fields, not SMTP
+        raise PermanentSendError(f"the message cannot be rendered: {exc}") from exc
 
 
 def settle_accepted(

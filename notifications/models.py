@@ -18,6 +18,14 @@ class EmailJob(models.Model):
         NORMAL = 5, "Normal"
         LOW = 9, "Low"
 
+    class Layout(models.TextChoices):
+        """How the worker gets the bytes: stored at enqueue, or rendered from the fields."""
+
+        RENDERED = "", "Rendered at enqueue"
+        PLAIN = "plain", "Text"
+        HTML = "html", "HTML"
+        PLAIN_HTML = "plain+html", "Text and HTML"
+
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
 
@@ -40,8 +48,12 @@ class EmailJob(models.Model):
     # What goes on the wire, fixed at enqueue time: the envelope and the MIME message itself.
     envelope_from = models.CharField(max_length=320)
     envelope_recipients = models.JSONField(default=list)
+    # Empty for a simple message (see `layout`): the worker renders it from the fields above.
     mime_message = models.BinaryField()
     size_bytes = models.PositiveIntegerField(default=0)
+    layout = models.CharField(
+        max_length=16, blank=True, default=Layout.RENDERED, choices=Layout.choices
+    )
 
     # Delivery state. `attempts` doubles as the claim token: a worker may only settle the
     # attempt it claimed.

@@ -7,9 +7,10 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from notifications.admin import CappedCountPaginator
+from notifications.composition import job_fields
 from notifications.models import AuditLogEntry, EmailAttempt, EmailJob
 from notifications.smtp_config import audit
-from tests.factories import EmailJobFactory
+from tests.factories import EmailJobFactory, make_message
 
 pytestmark = pytest.mark.django_db
 Status = EmailJob.Status
@@ -152,11 +153,20 @@ def test_detail_page_is_read_only_with_attempts_and_no_mime_bytes(admin_client, 
     page = admin_client.get(job_url(failed_job)).content.decode()
     assert "View email job" in page
     assert "Body of message 1" in page
-    assert f"{failed_job.size_bytes}\xa0bytes; not shown" in page
+    assert failed_job.layout  # a simple message: rendered by the worker, its size estimated
+    assert f"about {failed_job.size_bytes}\xa0bytes, rendered when sent; not shown" in page
     assert "MIME-Version" not in page and "Content-Transfer-Encoding" not in page
     assert "Transient failure, will retry" in page  # the attempt inline
     assert 'name="_save"' not in page
     assert 'name="status"' not in page
+
+
+def test_detail_page_gives_the_rendered_size_of_a_message_rendered_at_enqueue(admin_client):
+    message = make_message(attachments=[("a.txt", "attached", "text/plain")])
+    now = timezone.now()
+    job = EmailJob.objects.create(**job_fields(message), next_attempt_at=now, dispatched_at=now)
+    page = admin_client.get(job_url(job)).content.decode()
+    assert f">{job.size_bytes}\xa0bytes; not shown" in page and "rendered when sent" not in page
 
 
 def test_jobs_cannot_be_added_changed_or_deleted(admin_client, failed_job):

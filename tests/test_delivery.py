@@ -1,12 +1,16 @@
 """End to end: send_mail() in this process, real Celery workers, the real SMTP server."""
 
+import time
+from datetime import timedelta
+from email.utils import mktime_tz, parsedate_tz
 from itertools import pairwise
 
 import pytest
 from django.core.mail import EmailMultiAlternatives, send_mail, send_mass_mail
 
-from notifications import publishing
+from notifications import delivery, publishing, services
 from notifications.models import EmailJob
+from tests.factories import make_message
 from tests.support.processes import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
@@ -126,6 +130,7 @@ def test_everything_a_message_carries_arrives_intact(start_worker, smtp):
     wait_for_settled(1)
     job = EmailJob.objects.get()
     assert job.status == Status.SENT
+    assert job.layout == EmailJob.Layout.RENDERED and job.mime_message  # attachments: at enqueue
     (received,) = smtp.messages
     parsed = received.message
     assert sorted(received.rcpt_tos) == sorted(
@@ -145,6 +150,46 @@ def test_everything_a_message_carries_arrives_intact(start_worker, smtp):
     attachments = {part.get_filename(): part for part in parsed.iter_attachments()}
     assert attachments["résumé.pdf"].get_content() == pdf
     assert attachments["notes.txt"].get_content() == "Notizen: Übermut\n"
+
+
+def test_a_simple_message_is_rendered_by_the_worker_dated_when_queued(start_worker, smtp):
+    message = EmailMultiAlternatives(
+        subject="Grüße, Zoë — 日本語 ✓",
+        body="Plain: naïve café\n",
+        from_email="Zoë Sender <sender@example.org>",
+        to=["Jürgen <juergen@example.org>"],
+        headers={"List-Unsubscribe": "<mailto:u@example.org>"},
+    )
+    message.attach_alternative("<p>naïve café</p>", "text/html")
+    message.send()
+    job = EmailJob.objects.get()
+    assert (job.layout, job.mime_message) == (EmailJob.Layout.PLAIN_HTML, b"")
+    time.sleep(1.1)  # sent a second later at least: the Date is still the enqueue time
+    start_worker(concurrency=1)
+    wait_for_settled(1)
+    job.refresh_from_db()
+    assert job.status == Status.SENT and job.sent_at - job.created_at > timedelta(seconds=1)
+    (received,) = smtp.messages
+    parsed = received.message
+    assert parsed["Message-ID"] == job.message_id
+    assert mktime_tz(parsedate_tz(parsed["Date"])) == int(job.created_at.timestamp())
+    assert parsed["Subject"] == "Grüße, Zoë — 日本語 ✓"
+    assert parsed["From"].addresses[0].display_name == "Zoë Sender"
+    assert parsed["List-Unsubscribe"] == "<mailto:u@example.org>"
+    assert parsed.get_body(("plain",)).get_content() == "Plain: naïve café\n"
+    assert parsed.get_body(("html",)).get_content() == "<p>naïve café</p>"
+
+
+def test_a_job_whose_fields_cannot_be_rendered_fails_and_nothing_is_sent(smtp, broker):
+    job = services.enqueue_email(message=make_message())
+    assert job.layout
+    EmailJob.objects.filter(pk=job.pk).update(headers={"X-Broken": "a\nBcc: x@example.org"})
+    assert delivery.deliver_job(job_id=job.pk) == "failed"
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (Status.FAILED, 1)
+    assert job.last_error.startswith("the message cannot be rendered: ")
+    assert [a.outcome for a in job.attempt_log.all()] == ["failed"]
+    assert smtp.count() == 0 and smtp.greetings == 0
 
 
 def test_send_mass_mail_delivers_each_message(start_worker, smtp):

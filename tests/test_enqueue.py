@@ -11,6 +11,7 @@ from django.core.mail import EmailMultiAlternatives, send_mail, send_mass_mail
 from django.db import transaction
 
 from notifications import publishing, services, wakeups
+from notifications.composition import wire_message
 from notifications.models import EmailJob
 from tests.factories import make_message
 
@@ -153,7 +154,7 @@ def test_a_message_id_given_by_the_caller_is_kept(broker):
     message = make_message(headers={"Message-ID": "<fixed-id@example.org>"})
     job = services.enqueue_email(message=message)
     assert job.message_id == "<fixed-id@example.org>"
-    assert b"Message-ID: <fixed-id@example.org>" in bytes(job.mime_message)
+    assert b"Message-ID: <fixed-id@example.org>" in wire_message(job)
 
 
 def test_the_same_message_object_sent_twice_makes_two_distinct_jobs(broker):

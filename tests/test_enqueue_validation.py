@@ -4,6 +4,7 @@ import pytest
 from django.core.mail import BadHeaderError, EmailMessage, send_mail, send_mass_mail
 
 from notifications import services
+from notifications.composition import wire_message
 from notifications.exceptions import (
     EmailRejected,
     HeaderInjection,
@@ -130,5 +131,5 @@ def test_attachment_content_of_the_wrong_type_is_refused():
 
 def test_a_missing_subject_is_sent_empty_not_as_none():
     job = services.enqueue_email(message=EmailMessage(None, None, to=[GOOD]))
-    assert b"Subject: None" not in bytes(job.mime_message)
+    assert b"Subject: None" not in wire_message(job)
     assert job.subject == "" and job.body == ""
