@@ -122,7 +122,7 @@ class PostgresServer:
 
         self.parts = urlsplit(url)
         if self.parts.scheme not in ("postgres", "postgresql", "pgsql"):
-            raise ValueError(f"--database-url: a postgres:// URL, not {self.parts.scheme}://")
+            raise ValueError(f"a postgres:// URL, not {self.parts.scheme}://")
         self.admin_url = url
         self.prefix = f"vertex_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
         self.databases: list[PostgresDatabase] = []
@@ -132,12 +132,12 @@ class PostgresServer:
                 "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user"
             ).fetchone()[0]
         if not allowed:
-            raise ValueError(f"--database-url: {self.parts.username} may not CREATE DATABASE")
+            raise ValueError(f"{self.parts.username} may not CREATE DATABASE")
         self.version = version.split()[0]
         where = f"{self.parts.hostname}:{self.parts.port or 5432}"
         self.summary = (
             f"PostgreSQL {self.version} at {where}, a fresh database per system "
-            f"({self.prefix}_*, dropped at the end)"
+            f"({self.prefix}_*, dropped at the end unless --keep)"
         )
         self.label = f"PostgreSQL {self.version}"
 
