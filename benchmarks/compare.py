@@ -5,6 +5,7 @@ One command, bounded in messages and time, prints the tables of docs/PERFORMANCE
     .venv/bin/python benchmarks/compare.py              # 2,000 messages a run, 3 runs (~15 min)
     .venv/bin/python benchmarks/compare.py --quick      # 300 messages, 1 run: a smoke test
     .venv/bin/python benchmarks/compare.py --only ours --sections throughput,latency
+    .venv/bin/python benchmarks/compare.py --database-url postgres://postgres@127.0.0.1:5432/postgres
 
 Everything stays on 127.0.0.1. The script starts and ends by pid: a redis-server of its own, the
 catchers (Postfix's smtp-sink unpacked from Debian's .deb for the fast runs, the aiosmtpd catcher
@@ -12,6 +13,8 @@ of throughput.py for the 20 ms relay and the latency runs), each system's Celery
 back-to-back drain command. The peers run from throwaway virtualenvs (see peers.py), each with
 its own generated Django project and SQLite database in WAL mode; ours runs from this checkout's
 .venv with DEBUG off. Each run's producer is bench_driver.py in the system's own venv.
+With --database-url postgres://..., every system gets a fresh database of its own on that
+PostgreSQL server instead, dropped at the end (databases.py).
 
 Sections (--sections):
   throughput  N messages: send_mail() N times while the consumer runs, timed from the first call
@@ -44,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import databases
 import peers
 import throughput as tp
 from peers import DRIVER, HOST, System
@@ -639,6 +643,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--smtp-sink", help="path of Postfix's smtp-sink (else found/unpacked)")
     parser.add_argument("--no-sink", action="store_true", help="aiosmtpd for every run")
     parser.add_argument("--venv-dir", help="keep the peers' venvs here between invocations")
+    parser.add_argument(
+        "--database-url",
+        "--postgres",
+        metavar="postgres://USER[:PW]@HOST:PORT/DB",
+        help="PostgreSQL instead of SQLite: each system gets a database of its own created on "
+        "this server (from DB) and dropped at the end; USER needs CREATEDB",
+    )
     parser.add_argument("--run-timeout", type=float, default=240.0, help="seconds a run")
     parser.add_argument(
         "--time-limit",
@@ -654,7 +665,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--profile-dir", help="write a cProfile of each run's producer here")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, databases)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp dir (logs, databases) and PostgreSQL's"
+    )
     args = parser.parse_args(argv)
     quick = {
         "messages": 300,
@@ -698,16 +711,26 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGHUP, _on_signal)
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is not installed")
+    try:
+        stores = databases.server(args.database_url)
+    except Exception as error:  # psycopg's errors (no server, bad password) as much as ours
+        sys.exit(f"--database-url: {error}")
     if args.wait_quiet:
         wait_quiet(args.wait_quiet)
     log(machine_summary())
+    log(f"database: {stores.summary}")
     log(f"ours: {tp.git_state()}")
     log(load_line("at the start"))
     workdir = Path(tempfile.mkdtemp(prefix="vertex-compare-"))
     venv_root = Path(args.venv_dir) if args.venv_dir else workdir / "venvs"
     venv_root.mkdir(parents=True, exist_ok=True)
     catchers: list = []
-    record: dict = {"args": vars(args), "machine": machine_summary(), "sections": {}}
+    record: dict = {
+        "args": vars(args),
+        "machine": machine_summary(),
+        "database": stores.summary,
+        "sections": {},
+    }
     failed = False
     try:
         redis = tp.Redis(workdir)
@@ -730,12 +753,12 @@ def main(argv: list[str]) -> int:
         systems: dict[str, System] = {}
         for key in args.only:
             if key == "ours":
-                systems[key] = peers.ours(workdir, redis.url)
+                systems[key] = peers.ours(workdir, redis.url, stores)
             else:
                 name = key.removesuffix("-celery")
                 celery = key.endswith("-celery") or name == "celery_email"
                 systems[key] = peers.peer(
-                    name, workdir, venv_root, redis.url, celery=celery, log=log
+                    name, workdir, venv_root, redis.url, stores, celery=celery, log=log
                 )
             log(f"  {systems[key].label}: {' '.join(systems[key].versions)}")
         record["versions"] = {k: s.versions for k, s in systems.items()}
@@ -802,7 +825,7 @@ def main(argv: list[str]) -> int:
             record["sections"]["throughput"] = rows
             log(
                 table(
-                    f"End to end, {args.messages:,} messages, SQLite WAL, catcher {fast.name}",
+                    f"End to end, {args.messages:,} messages, {stores.label}, catcher {fast.name}",
                     ("system", "delivered/s", "enqueue calls/s", "notes"),
                     [(r.label, *r.cells()) for r in rows],
                 )
@@ -992,6 +1015,7 @@ def main(argv: list[str]) -> int:
             )
 
         log("\n" + machine_summary())
+        log(f"database: {stores.summary}")
         log(load_line("at the end"))
         if args.json:
             Path(args.json).write_text(json.dumps(record, default=_jsonable, indent=1))
@@ -1000,8 +1024,13 @@ def main(argv: list[str]) -> int:
         for catcher in catchers:
             catcher.close()
         tp.end_all()
+        try:  # PostgreSQL: drops the systems' databases, their processes ended above
+            kept = stores.close(drop=not args.keep)
+        except Exception as error:  # report, but not instead of what ended the run
+            kept = []
+            log(f"could not drop the PostgreSQL databases: {error}")
         if args.keep:
-            log(f"kept {workdir}")
+            log(f"kept {workdir}" + (f" and the databases {', '.join(kept)}" if kept else ""))
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 

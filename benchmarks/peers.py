@@ -4,16 +4,19 @@ A peer gets a virtualenv of its own (`python -m venv` under the run's temporary 
 --venv-dir to keep it between runs), into which pip installs the pinned versions below: the same
 Django, Celery and redis client as ours, and the peer. Nothing goes into this project's
 requirements or its .venv. Its Django project is generated next to it: SQLite in WAL mode with
-the options ours uses, DEBUG off, the peer's EMAIL_BACKEND, SMTP pointed at the catcher.
+the options ours uses (or, with --database-url, a fresh PostgreSQL database and the psycopg pin
+of ours in the venv; see databases.py), DEBUG off, the peer's EMAIL_BACKEND, SMTP pointed at the
+catcher.
 """
 
 import os
-import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+
+from databases import PostgresServer, SqliteDatabase, SqliteFiles
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -39,6 +42,13 @@ def common_pins() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in names]
 
 
+def database_pins(databases: SqliteFiles | PostgresServer) -> list[str]:
+    """What a peer's Django needs for the database: on PostgreSQL, the psycopg of our .venv."""
+    if databases.kind == "postgresql":
+        return [f"psycopg[binary]=={metadata.version('psycopg')}"]
+    return []
+
+
 @dataclass
 class System:
     """One system as compare.py drives it; the same fields for ours and the peers."""
@@ -48,7 +58,7 @@ class System:
     python: str
     cwd: Path
     env: dict[str, str]
-    db_path: Path
+    database: SqliteDatabase  # or databases.PostgresDatabase: the same query()
     clear_tables: list[str]
     celery_app: str | None = None  # worker: `celery -A APP worker`
     queue: str | None = None  # worker -Q
@@ -67,8 +77,7 @@ class System:
         }
 
     def query(self, sql: str) -> list[tuple]:
-        with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30) as db:
-            return db.execute(sql).fetchall()
+        return self.database.query(sql)
 
     def finished(self) -> int | None:
         """How many messages the system's own tables record as sent; None if it keeps none."""
@@ -122,7 +131,7 @@ CHECKS = {  # (SQL, expected: "N" or a number, what it means)
         ),
         (
             "SELECT count(*) FROM (SELECT job_id FROM notifications_emailattempt "
-            "GROUP BY job_id HAVING count(*) != 1)",
+            "GROUP BY job_id HAVING count(*) != 1) AS once",  # PostgreSQL < 16 needs the alias
             0,
             "jobs without exactly one attempt",
         ),
@@ -138,12 +147,12 @@ CHECKS = {  # (SQL, expected: "N" or a number, what it means)
 }
 
 
-def ours(workdir: Path, redis_url: str) -> System:
-    db_path = workdir / "ours.sqlite3"
+def ours(workdir: Path, redis_url: str, databases: SqliteFiles | PostgresServer) -> System:
+    database = databases.new("ours", workdir / "ours.sqlite3")
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "vertex_email.settings",
-        "DATABASE_URL": f"sqlite:///{db_path}",
+        "DATABASE_URL": database.url,
         "CELERY_BROKER_URL": redis_url,
         "DJANGO_ENV": "development",
         "DJANGO_DEBUG": "false",
@@ -155,7 +164,7 @@ def ours(workdir: Path, redis_url: str) -> System:
         python=sys.executable,
         cwd=ROOT,
         env=env,
-        db_path=db_path,
+        database=database,
         clear_tables=["notifications_emailattempt", "notifications_emailjob"],
         celery_app="vertex_email",
         queue="email",
@@ -181,19 +190,7 @@ TEMPLATES = [{{"BACKEND": "django.template.backends.django.DjangoTemplates", "AP
 USE_TZ = True
 TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-# As ours: WAL, IMMEDIATE transactions, a 30 s busy timeout.
-DATABASES = {{
-    "default": {{
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ["BENCH_DB"],
-        "OPTIONS": {{
-            "timeout": 30.0,
-            "transaction_mode": "IMMEDIATE",
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-        }},
-    }}
-}}
-EMAIL_HOST = "127.0.0.1"
+{databases}EMAIL_HOST = "127.0.0.1"
 EMAIL_PORT = int(os.environ.get("BENCH_SMTP_PORT", "25"))
 DEFAULT_FROM_EMAIL = "bench@example.com"
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
@@ -247,30 +244,27 @@ APPS = {"post_office": "post_office", "celery_email": "djcelery_email", "mailer"
 USES_CELERY = {"post_office", "celery_email"}
 
 
-def make_venv(name: str, venv_root: Path, log) -> tuple[str, list[str]]:
-    """A virtualenv with the peer and the common pins; returns its python and `pip freeze`."""
+def make_venv(name: str, venv_root: Path, log, extra: list[str]) -> tuple[str, list[str]]:
+    """A virtualenv with the peer and the common pins, plus `extra` (a database driver) added to
+    it when missing; returns its python and `pip freeze`."""
     venv = venv_root / name
     python = venv / "bin" / "python"
     pins = common_pins() if name in USES_CELERY else common_pins()[:1]  # Django alone
     wanted = [*pins, PEER_PACKAGES[name]]
     marker = venv / "bench-requirements.txt"
+    added = venv / "bench-extra-requirements.txt"  # what was added since, one a line
     if not (python.exists() and marker.exists() and marker.read_text() == "\n".join(wanted)):
         log(f"  creating {venv} with {' '.join(wanted)}")
         subprocess.run(
             [sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300
         )
-        installed = subprocess.run(
-            [str(python), "-m", "pip", "install", "--disable-pip-version-check", *wanted],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        (venv / "pip-install.log").write_text(installed.stdout + installed.stderr)
-        if installed.returncode:
-            raise RuntimeError(
-                f"pip install {' '.join(wanted)} failed:\n{installed.stderr[-2000:]}"
-            )
+        _pip_install(python, wanted, venv / "pip-install.log")
         marker.write_text("\n".join(wanted))
+    have = set(added.read_text().split()) if added.exists() else set()
+    if missing := [pin for pin in extra if pin not in have]:
+        log(f"  adding {' '.join(missing)} to {venv}")
+        _pip_install(python, [*wanted, *missing], venv / "pip-install-extra.log")
+        added.write_text("".join(f"{pin}\n" for pin in sorted(have | set(missing))))
     frozen = subprocess.run(
         [str(python), "-m", "pip", "freeze", "--disable-pip-version-check"],
         capture_output=True,
@@ -281,29 +275,50 @@ def make_venv(name: str, venv_root: Path, log) -> tuple[str, list[str]]:
     return str(python), frozen
 
 
-def peer(name: str, workdir: Path, venv_root: Path, redis_url: str, *, celery: bool, log) -> System:
-    """The peer's venv and a Django project for it in workdir/NAME[-celery]."""
-    python, frozen = make_venv(name, venv_root, log)
+def _pip_install(python: Path, packages: list[str], log_path: Path) -> None:
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "install", "--disable-pip-version-check", *packages],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log_path.write_text(installed.stdout + installed.stderr)
+    if installed.returncode:
+        raise RuntimeError(f"pip install {' '.join(packages)} failed:\n{installed.stderr[-2000:]}")
+
+
+def peer(
+    name: str,
+    workdir: Path,
+    venv_root: Path,
+    redis_url: str,
+    databases: SqliteFiles | PostgresServer,
+    *,
+    celery: bool,
+    log,
+) -> System:
+    """The peer's venv and a Django project for it in workdir/NAME[-celery], with a database of
+    its own."""
+    python, frozen = make_venv(name, venv_root, log, database_pins(databases))
     key = f"{name}-celery" if name == "post_office" and celery else name
     project = workdir / key
     package = project / "benchproj"
     package.mkdir(parents=True, exist_ok=True)
     (project / "manage.py").write_text(MANAGE)
-    settings = SETTINGS.format(app=APPS[name]) + PEER_SETTINGS[name].format(
-        lock=str(project / f"{name}-lock")
-    )
+    database = databases.new(key, project / "db.sqlite3")
+    settings = SETTINGS.format(app=APPS[name], databases=database.settings)
+    settings += PEER_SETTINGS[name].format(lock=str(project / f"{name}-lock"))
     (package / "settings.py").write_text(settings)
     if name in USES_CELERY:
         (package / "celery.py").write_text(CELERY_APP)
         (package / "__init__.py").write_text("from .celery import app as celery_app  # noqa\n")
     else:
         (package / "__init__.py").write_text("")
-    db_path = project / "db.sqlite3"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
         "DJANGO_SETTINGS_MODULE": "benchproj.settings",
-        "BENCH_DB": str(db_path),
+        **database.env,
         "BENCH_CELERY": "1" if celery else "0",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
@@ -322,7 +337,10 @@ def peer(name: str, workdir: Path, venv_root: Path, redis_url: str, *, celery: b
         ("celery_email", True): ("django-celery-email", None, "benchproj"),
         ("mailer", False): ("django-mailer send_mail", [python, "manage.py", "send_mail"], None),
     }[(name, celery)]
-    wanted = {p.split("==")[0].lower().replace("_", "-") for p in [PEER_PACKAGES[name]]}
+    wanted = {
+        p.split("==")[0].split("[")[0].lower().replace("_", "-")
+        for p in [PEER_PACKAGES[name], *database_pins(databases)]
+    }
     versions = [line for line in frozen if line.split("==")[0].lower().replace("_", "-") in wanted]
     system = System(
         key=name,
@@ -330,7 +348,7 @@ def peer(name: str, workdir: Path, venv_root: Path, redis_url: str, *, celery: b
         python=python,
         cwd=project,
         env=env,
-        db_path=db_path,
+        database=database,
         clear_tables=tables,
         celery_app=app,
         drain=drain,
