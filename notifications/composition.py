@@ -8,7 +8,11 @@ and/or HTML, no attachments, see `_lazy_layout`) is rendered by the worker from 
 import copy
 import functools
 import re
+from email.generator import BytesGenerator
+from email.message import Message
+from email.policy import Compat32
 from email.utils import formatdate, make_msgid, parseaddr
+from io import BytesIO
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -42,6 +46,35 @@ FIELD_NAME = re.compile(r"[!-9;-~]+")
 # lines every 76 characters (3.1 times); the headers and MIME lines fit in the fixed 4 KiB.
 WORST_CASE_GROWTH = 4
 RENDERING_OVERHEAD = 4096
+
+
+class _QuickFolding(Compat32):
+    """The compat32 policy Django renders with, minus the Header machinery for a header that is
+    printable ASCII and already fits on its line: it gives back "Name: value" unchanged, after a
+    third of the time rendering took. The bytes are the same (tests/test_composition.py)."""
+
+    def _fold(self, name, value, sanitize):
+        if (
+            isinstance(value, str)
+            and self.max_line_length
+            and len(name) + 2 + len(value) <= self.max_line_length
+            and UNFOLDED_VALUE.fullmatch(value)
+        ):
+            return f"{name}: {value}{self.linesep}"
+        return super()._fold(name, value, sanitize)
+
+
+# Printable ASCII words with single spaces between them: nothing to fold, encode or collapse.
+UNFOLDED_VALUE = re.compile(r"[!-~]+(?: [!-~]+)*")
+QUICK_FOLDING = _QuickFolding()
+
+
+def mime_bytes(mime: Message) -> bytes:
+    """`mime.as_bytes(linesep="\r\n")` as Django has it, with the quicker header folding."""
+    buffer = BytesIO()
+    generator = BytesGenerator(buffer, mangle_from_=False, policy=QUICK_FOLDING)
+    generator.flatten(mime, linesep="\r\n")
+    return buffer.getvalue()
 
 
 def _reject_newlines(field: str, value: str) -> None:
@@ -195,7 +228,7 @@ def _render(message: EmailMessage, subject: str, headers: dict[str, str]) -> byt
     rendered.extra_headers = headers
     rendered.subject, rendered.body = subject, message.body or ""  # None would render as "None"
     try:
-        mime = rendered.message().as_bytes(linesep="\r\n")
+        mime = mime_bytes(rendered.message())
     except (ValueError, TypeError) as exc:  # what Django finds wrong while rendering
         raise EmailRejected(f"the message cannot be rendered: {exc}") from exc
     limit = option("MAX_MESSAGE_BYTES")
@@ -318,4 +351,4 @@ def wire_message(job: EmailJob) -> bytes:
         message.content_subtype = "html"
     elif job.layout == Layout.PLAIN_HTML:
         message.attach_alternative(job.html_body, "text/html")
-    return message.message().as_bytes(linesep="\r\n")
+    return mime_bytes(message.message())
