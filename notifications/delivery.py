@@ -330,37 +330,36 @@ def settle_accepted(
     if not accepted:
         return 0
     now = timezone.now()
+    # Everything but the statements is built before the transaction: on SQLite it holds the one
+    # write lock, which producers wait for.
+    updates = {a.job_id: _settle_sent_params(a, claim_token, now) for a in accepted}
+    attempts = {
+        acceptance.job_id: EmailAttempt(
+            job_id=acceptance.job_id,
+            number=acceptance.attempt,
+            started_at=acceptance.started_at,
+            duration_seconds=acceptance.duration,
+            outcome=Outcome.SENT,
+            smtp_code=_reply_code(acceptance.response),
+            error=_refusal_summary(acceptance.refused),
+        )
+        for acceptance in accepted
+    }
     with transaction.atomic():
         held = set(
             EmailJob.objects.filter(
-                pk__in=[acceptance.job_id for acceptance in accepted],
-                status=Status.SENDING,
-                claim_token=claim_token,
+                pk__in=list(updates), status=Status.SENDING, claim_token=claim_token
             ).values_list("pk", flat=True)
         )
         settled = [acceptance for acceptance in accepted if acceptance.job_id in held]
         if settled:
             with connection.cursor() as cursor:
-                cursor.executemany(
-                    _settle_sent_sql(),
-                    [_settle_sent_params(acceptance, claim_token, now) for acceptance in settled],
-                )
+                cursor.executemany(_settle_sent_sql(), [updates[a.job_id] for a in settled])
         # The attempt happened either way; a taken-over one may already be recorded by the
         # sweeper, from the journal.
         unrecorded = settled + _unrecorded([a for a in accepted if a.job_id not in held])
         if unrecorded:
-            EmailAttempt.objects.bulk_create(
-                EmailAttempt(
-                    job_id=acceptance.job_id,
-                    number=acceptance.attempt,
-                    started_at=acceptance.started_at,
-                    duration_seconds=acceptance.duration,
-                    outcome=Outcome.SENT,
-                    smtp_code=_reply_code(acceptance.response),
-                    error=_refusal_summary(acceptance.refused),
-                )
-                for acceptance in unrecorded
-            )
+            EmailAttempt.objects.bulk_create(attempts[a.job_id] for a in unrecorded)
     metrics.observe_attempts([(Outcome.SENT, acceptance.duration) for acceptance in settled])
     for acceptance in accepted:
         _log_attempt(
