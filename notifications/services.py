@@ -49,16 +49,31 @@ def enqueue_emails(
         for message in messages
     ]
     try:  # the unique Message-ID column refuses a reused one; no SELECT before every INSERT
-        with transaction.atomic():
-            if len(jobs) == 1:  # send_mail(): the common call, and the one that must be quick
-                _insert_one(jobs[0])
-            else:
-                EmailJob.objects.bulk_create(jobs, batch_size=500)
-            transaction.on_commit(lambda: _publish_new(jobs, now))
+        if len(jobs) == 1 and _one_statement_commits(EmailJob.objects.db):
+            _insert_one(jobs[0])  # send_mail() outside a transaction: the INSERT commits
+            _publish_new(jobs, now)
+        else:
+            with transaction.atomic():
+                if len(jobs) == 1:  # send_mail(): the common call, and the one that must be quick
+                    _insert_one(jobs[0])
+                else:
+                    EmailJob.objects.bulk_create(jobs, batch_size=500)
+                transaction.on_commit(lambda: _publish_new(jobs, now))
     except IntegrityError:
         _refuse_reused_message_ids([job.message_id for job in jobs])
         raise
     return jobs
+
+
+def _one_statement_commits(alias: str) -> bool:
+    """Whether a lone INSERT may run in autocommit: on PostgreSQL, outside the caller's
+    transaction, it is its own transaction, and BEGIN and COMMIT would be two more round trips to
+    the server (send_mail() 791/s, against 1,050/s for django-mailer's one INSERT). SQLite keeps
+    the transaction: its BEGIN takes the writer lock that queues writers (sqlite_backend)."""
+    database = connections[alias]
+    if database.vendor != "postgresql" or database.in_atomic_block:
+        return False
+    return database.get_autocommit()
 
 
 def _insert_one(job: EmailJob) -> None:

@@ -8,7 +8,8 @@ import threading
 
 import pytest
 from django.core.mail import EmailMultiAlternatives, send_mail, send_mass_mail
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from notifications import publishing, services, wakeups
 from notifications.composition import wire_message
@@ -142,6 +143,15 @@ def test_a_process_that_exits_right_after_send_mail_still_publishes(broker, work
     )
     job = EmailJob.objects.get(recipient="exit@example.org")
     assert queued_job_ids(broker) == [f"({job.pk},)"]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite keeps the transaction")
+def test_send_mail_outside_a_transaction_is_one_insert_on_postgresql(broker):
+    with CaptureQueriesContext(connection) as queries:
+        send_mail("s", "b", "from@example.org", ["one@example.org"])
+    assert [query["sql"].split()[0] for query in queries] == ["INSERT"]
+    job = EmailJob.objects.get(recipient="one@example.org")
+    assert queued_job_ids(broker) == [f"({job.pk},)"]  # committed, then published
 
 
 def test_bulk_service_returns_saved_jobs(broker):
