@@ -345,15 +345,21 @@ def settle_accepted(
         )
         for acceptance in accepted
     }
-    # Which jobs the claim still holds is read before the lock too, and confirmed by the
-    # UPDATE's row count; should the sweeper have taken one over in between, it is all done again
-    # with the read inside the transaction.
-    try:
-        held, settled = _write_settlement(
-            claim_token, accepted, updates, attempts, held=_still_held(list(updates), claim_token)
+    with transaction.atomic():
+        held = set(
+            EmailJob.objects.filter(
+                pk__in=list(updates), status=Status.SENDING, claim_token=claim_token
+            ).values_list("pk", flat=True)
         )
-    except _HoldersChanged:
-        held, settled = _write_settlement(claim_token, accepted, updates, attempts, held=None)
+        settled = [acceptance for acceptance in accepted if acceptance.job_id in held]
+        if settled:
+            with connection.cursor() as cursor:
+                cursor.executemany(_settle_sent_sql(), [updates[a.job_id] for a in settled])
+        # The attempt happened either way; a taken-over one may already be recorded by the
+        # sweeper, from the journal.
+        unrecorded = settled + _unrecorded([a for a in accepted if a.job_id not in held])
+        if unrecorded:
+            EmailAttempt.objects.bulk_create(attempts[a.job_id] for a in unrecorded)
     metrics.observe_attempts([(Outcome.SENT, acceptance.duration) for acceptance in settled])
     for acceptance in accepted:
         _log_attempt(
@@ -368,49 +374,6 @@ def settle_accepted(
     if journaled:
         journal.forget(claim_token, [acceptance.job_id for acceptance in accepted])
     return len(settled)
-
-
-class _HoldersChanged(Exception):
-    """A job read as held was no longer held when its settle UPDATE ran."""
-
-
-def _write_settlement(
-    claim_token: str,
-    accepted: list[journal.Acceptance],
-    updates: dict[int, list],
-    attempts: dict[int, EmailAttempt],
-    *,
-    held: set[int] | None,
-) -> tuple[set[int], list[journal.Acceptance]]:
-    """One transaction: the fenced UPDATEs of the held jobs and the attempts not yet recorded.
-    `held` read beforehand must match what the UPDATEs find, or _HoldersChanged rolls it back;
-    None reads it inside the transaction."""
-    read_before = held is not None
-    with transaction.atomic():
-        if not read_before:
-            held = _still_held(list(updates), claim_token)
-        settled = [acceptance for acceptance in accepted if acceptance.job_id in held]
-        if settled:
-            with connection.cursor() as cursor:
-                cursor.executemany(_settle_sent_sql(), [updates[a.job_id] for a in settled])
-                if read_before and cursor.rowcount != len(settled):
-                    raise _HoldersChanged
-        # The attempt happened either way; a taken-over one may already be recorded by the
-        # sweeper, from the journal.
-        unrecorded = settled + _unrecorded([a for a in accepted if a.job_id not in held])
-        if unrecorded:
-            EmailAttempt.objects.bulk_create(attempts[a.job_id] for a in unrecorded)
-    return held, settled
-
-
-def _still_held(job_ids: list[int], claim_token: str) -> set[int]:
-    """Which of these jobs the claim still holds. The fenced UPDATE writes only those either
-    way; this says which attempts to record as this claim's."""
-    return set(
-        EmailJob.objects.filter(
-            pk__in=job_ids, status=Status.SENDING, claim_token=claim_token
-        ).values_list("pk", flat=True)
-    )
 
 
 def _unrecorded(accepted: list[journal.Acceptance]) -> list[journal.Acceptance]:
