@@ -65,10 +65,11 @@ class _Waker:
                     batches.append(self._ids.get_nowait())
                 except queue.Empty:
                     break
+            job_ids = [job_id for batch in batches for job_id in batch]
             try:
-                publishing.wake_workers([job_id for batch in batches for job_id in batch])
-            except Exception:  # never let the thread die: the sweeper covers this batch
-                logger.exception("could not wake workers for %d new job(s)", len(batches))
+                publishing.wake_workers(job_ids)
+            except Exception:  # never let the thread die: the sweeper covers these jobs
+                logger.exception("could not wake workers for %d new job(s)", len(job_ids))
             with self._idle:
                 self._done += len(batches)
                 self._idle.notify_all()
