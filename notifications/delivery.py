@@ -15,6 +15,9 @@ wire.
 import logging
 import time
 import uuid
+from concurrent import futures
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import connection, transaction
@@ -27,7 +30,7 @@ from .conf import SmtpSettings, get_smtp_settings, option
 from .exceptions import PermanentSendError, SendError, SmtpConfigurationError
 from .models import EmailAttempt, EmailJob
 from .retry import retry_delay, should_retry
-from .smtp import get_client
+from .smtp import SendResult, get_client, sending_threads
 
 logger = logging.getLogger(__name__)
 Status = EmailJob.Status
@@ -197,46 +200,110 @@ def _send_batch(
     rest unattempted. The sent ones are settled together at the end."""
     if not jobs:
         return []
-    try:
-        smtp_settings = get_smtp_settings()  # once a batch: a change applies from the next one
-    except SmtpConfigurationError as error:
-        smtp_settings, settings_error = None, error
-    outcomes, accepted = [], []
-    try:
-        for index, job in enumerate(jobs):
-            if deadline is not None and time.monotonic() > deadline:
-                _release(jobs[index:])
-                break
-            if smtp_settings is not None and (wait := throttle.acquire_send_slot(smtp_settings)):
-                _release(jobs[index:], delay=wait)
-                break
-            if smtp_settings is None:
-                outcome = _settle_failure(job, settings_error, timezone.now(), 0.0)
-                error = settings_error
+    return _BatchRun(jobs, deadline=deadline, probing=probing).run()
+
+
+class _BatchRun:
+    """One claimed batch on its way out, over EMAIL_SMTP_CONNECTIONS connections at once.
+
+    With more than one, the SMTP conversations run on this thread's sending threads (each with a
+    connection of its own); the database and Redis are written here alone, as each reply comes
+    in. With one, each message is sent here, in order.
+    """
+
+    def __init__(self, jobs: list[EmailJob], *, deadline: float | None, probing: bool) -> None:
+        self.jobs, self.deadline, self.probing = jobs, deadline, probing
+        try:
+            self.smtp_settings = get_smtp_settings()  # once a batch: a change applies next batch
+            self.settings_error = None
+        except SmtpConfigurationError as error:
+            self.smtp_settings, self.settings_error = None, error
+        self.width = 1 if probing else option("SMTP_CONNECTIONS")
+        self.outcomes: list[str] = []
+        self.accepted: list[journal.Acceptance] = []
+        self.in_flight: dict[Future, EmailJob] = {}
+        self.next = 0  # the first job not yet started
+        self.stopped = self.paused = False
+
+    def run(self) -> list[str]:
+        try:
+            while self._start_more():
+                done, _ = futures.wait(self.in_flight, return_when=futures.FIRST_COMPLETED)
+                for future in [f for f in self.in_flight if f in done]:  # in the order started
+                    self._record(self.in_flight.pop(future), future.result())
+        finally:  # also when settling raised, or the task ran out of time
+            self._finish_in_flight()
+            settle_accepted(self.jobs[0].claim_token, self.accepted)
+        if Outcome.SENT in self.outcomes:
+            throttle.record_success()
+        return self.outcomes
+
+    def _start_more(self) -> bool:
+        """Start jobs until `width` are on the wire; whether any job is left to wait for."""
+        while not self.stopped and self.next < len(self.jobs) and len(self.in_flight) < self.width:
+            job = self.jobs[self.next]
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                self._stop()
+            elif self.smtp_settings is None:
+                self.next += 1
+                outcome = _settle_failure(job, self.settings_error, timezone.now(), 0.0)
+                self._react(job, outcome, self.settings_error)
+            elif wait := throttle.acquire_send_slot(self.smtp_settings):
+                self._stop(delay=wait)
             else:
-                outcome, error = _send_one(job, smtp_settings, accepted)
-            outcomes.append(outcome)
-            if _affects_every_message(error):
-                # The server is unreachable or refuses us: the others would fail the same way and
-                # lose an attempt each. Everyone pauses (the circuit breaker) and they wait; one
-                # dropped connection alone pauses nobody.
-                paused = throttle.record_connection_failure(
-                    str(error), certain=probing or isinstance(error, SmtpConfigurationError)
-                )
-                if paused or not option("CIRCUIT_BREAKER"):
-                    delay = paused or _delay_after(outcome, job)
-                    # One wake-up for everyone at the end of the pause, not one per release.
-                    _release(jobs[index + 1 :], delay=delay, publish=False)
-                    _wake_after_pause(job.pk, delay)
-                    break
-            elif probing:
-                throttle.close_circuit()
-                probing = False
-    finally:  # also when settling a failure raised, or the task ran out of time
-        settle_accepted(jobs[0].claim_token, accepted)
-    if Outcome.SENT in outcomes:
-        throttle.record_success()
-    return outcomes
+                self.next += 1
+                self.in_flight[self._transmit(job)] = job
+        return bool(self.in_flight)
+
+    def _transmit(self, job: EmailJob) -> Future:
+        if self.width == 1:
+            future = Future()
+            future.set_result(_transmit(job, self.smtp_settings))
+            return future
+        return sending_threads(self.width).submit(_transmit, job, self.smtp_settings)
+
+    def _record(self, job: EmailJob, transmission: "_Transmission") -> None:
+        outcome, error = _settle_transmission(job, transmission, self.accepted)
+        self._react(job, outcome, error)
+
+    def _react(self, job: EmailJob, outcome: str, error: SendError | None) -> None:
+        self.outcomes.append(outcome)
+        if self.paused:
+            return  # a message that was on the wire when we paused: the pause counts it already
+        if _affects_every_message(error):
+            # The server is unreachable or refuses us: the others would fail the same way and
+            # lose an attempt each. Everyone pauses (the circuit breaker) and they wait; one
+            # dropped connection alone pauses nobody.
+            paused = throttle.record_connection_failure(
+                str(error),
+                certain=self.probing or isinstance(error, SmtpConfigurationError),
+            )
+            if paused or not option("CIRCUIT_BREAKER"):
+                delay = paused or _delay_after(outcome, job)
+                # One wake-up for everyone at the end of the pause, not one per release.
+                self.paused = True
+                self._stop(delay=delay, publish=False)
+                _wake_after_pause(job.pk, delay)
+        elif self.probing:
+            throttle.close_circuit()
+            self.probing = False
+
+    def _stop(self, *, delay: float = 0.0, publish: bool = True) -> None:
+        """Start nothing more: the jobs not started go back to the queue, their attempt unused.
+        Those on the wire finish and are recorded."""
+        if not self.stopped:
+            _release(self.jobs[self.next :], delay=delay, publish=publish)
+            self.next, self.stopped = len(self.jobs), True
+
+    def _finish_in_flight(self) -> None:
+        """After an error here, the conversations still on the wire are waited for and their
+        acceptances kept, so that none is sent again."""
+        for future, job in list(self.in_flight.items()):
+            try:
+                _settle_transmission(job, future.result(), self.accepted)
+            except Exception:
+                logger.exception("job %s: recording its attempt failed", job.pk)
+        self.in_flight.clear()
 
 
 def _wake_after_pause(job_id: int | None, wait: float) -> None:
@@ -277,11 +344,18 @@ def _release(jobs: list[EmailJob], *, delay: float = 0.0, publish: bool = True) 
         publishing.publish_jobs([jobs[0].pk], countdown=delay or None)
 
 
-def _send_one(
-    job: EmailJob, smtp_settings: SmtpSettings, accepted: list[journal.Acceptance]
-) -> tuple[str, SendError | None]:
-    """Send one job. A failure is settled at once; an acceptance is journaled and joins
-    `accepted`, to be settled with the batch (or at once, if the journal cannot take it)."""
+@dataclass(frozen=True)
+class _Transmission:
+    """What one SMTP conversation gave: the server's acceptance or the error, and its timing."""
+
+    result: SendResult | SendError
+    started_at: datetime
+    duration: float
+
+
+def _transmit(job: EmailJob, smtp_settings: SmtpSettings) -> _Transmission:
+    """Send one job over this thread's connection; touches neither the database nor Redis, so
+    that it may run on a sending thread."""
     started_at, started = timezone.now(), time.monotonic()
     try:
         result = get_client().send(
@@ -291,13 +365,24 @@ def _send_one(
             message=_wire_bytes(job),
         )
     except SendError as error:
-        return _settle_failure(job, error, started_at, time.monotonic() - started), error
+        result = error
+    return _Transmission(result, started_at, time.monotonic() - started)
+
+
+def _settle_transmission(
+    job: EmailJob, transmission: _Transmission, accepted: list[journal.Acceptance]
+) -> tuple[str, SendError | None]:
+    """A failure is settled at once; an acceptance is journaled and joins `accepted`, to be
+    settled with the batch (or at once, if the journal cannot take it)."""
+    result, started_at = transmission.result, transmission.started_at
+    if isinstance(result, SendError):
+        return _settle_failure(job, result, started_at, transmission.duration), result
     acceptance = journal.Acceptance(
         job_id=job.pk,
         attempt=job.attempts,
         started_at=started_at,
-        duration=time.monotonic() - started,
-        sent_at=timezone.now(),
+        duration=transmission.duration,
+        sent_at=started_at + timedelta(seconds=transmission.duration),
         response=result.response,
         refused={address: list(reply) for address, reply in result.refused.items()},
     )

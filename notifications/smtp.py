@@ -1,12 +1,15 @@
-"""The only SMTP code: one kept-open connection per process, sending, and error classification."""
+"""The only SMTP code: kept-open connections (one per thread that sends), sending, and error
+classification."""
 
 import contextlib
 import logging
+import os
 import smtplib
 import socket
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .conf import SmtpSettings
@@ -209,6 +212,8 @@ class _BeforeData(Exception):
 
 
 _local = threading.local()
+_clients: list[SmtpClient] = []  # every thread's, so that closing reaches them all
+_clients_lock = threading.Lock()
 
 
 def get_client() -> SmtpClient:
@@ -216,10 +221,37 @@ def get_client() -> SmtpClient:
     client = getattr(_local, "client", None)
     if client is None:
         client = _local.client = SmtpClient()
+        with _clients_lock:
+            _clients.append(client)
     return client
 
 
 def close_client() -> None:
-    client = getattr(_local, "client", None)
-    if client is not None:
+    """Close every connection of this process: the task threads' and the sending threads'."""
+    with _clients_lock:
+        clients = list(_clients)
+    for client in clients:
         client.close()
+
+
+def sending_threads(size: int) -> ThreadPoolExecutor:
+    """This thread's `size` sending threads, each keeping its own connection open (get_client):
+    a task sends a batch over them with `size` messages on the wire at once."""
+    pool, pool_size = getattr(_local, "pool", (None, 0))
+    if pool is None or pool_size != size:
+        if pool is not None:
+            pool.shutdown(wait=False)
+        pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="smtp-send")
+        _local.pool = (pool, size)
+    return pool
+
+
+def _forget_after_fork() -> None:
+    """A forked child (a prefork pool process) has none of the parent's threads, and its sockets
+    belong to the parent: start afresh, without closing them."""
+    global _local, _clients_lock
+    _local, _clients_lock = threading.local(), threading.Lock()
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

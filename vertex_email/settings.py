@@ -146,6 +146,9 @@ NOTIFICATIONS = {
     "CONFIG_ERROR_DELAY": env.float("EMAIL_CONFIG_ERROR_DELAY", default=60.0),
     "LEASE_SECONDS": env.float("EMAIL_LEASE_SECONDS", default=40.0),
     "BATCH_SIZE": env.int("EMAIL_BATCH_SIZE", default=20),
+    # SMTP connections each worker process (each thread, with -P threads) sends a batch over at
+    # once: a relay that takes tens of ms a message is waited on in parallel, not in turn.
+    "SMTP_CONNECTIONS": env.int("EMAIL_SMTP_CONNECTIONS", default=1),
     # No new wake-up message while this many already wait on the queue (each drains batches).
     "WAKE_QUEUE_DEPTH": env.int("EMAIL_WAKE_QUEUE_DEPTH", default=8),
     # Wake-ups are decided by a thread of the enqueuing process, so send_mail() does not wait on
@@ -166,6 +169,10 @@ NOTIFICATIONS = {
     "ALERT_COOLDOWN": env.float("EMAIL_ALERT_COOLDOWN", default=3600.0),
     "TELEGRAM_API_BASE_URL": env.str("TELEGRAM_API_BASE_URL", default="https://api.telegram.org"),
 }
+if not 1 <= NOTIFICATIONS["SMTP_CONNECTIONS"] <= 100:
+    raise environ.ImproperlyConfigured(
+        f"EMAIL_SMTP_CONNECTIONS must be between 1 and 100, not {NOTIFICATIONS['SMTP_CONNECTIONS']}"
+    )
 # Secrets in the database are encrypted with this key (base64 of 32 bytes; several, comma-separated,
 # while rotating: the first encrypts) or with the keys in this file, created in development.
 EMAIL_ENCRYPTION_KEY = env.str("EMAIL_ENCRYPTION_KEY", default="")

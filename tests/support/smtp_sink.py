@@ -37,6 +37,8 @@ class SinkHandler:
     refused: dict[str, str] = field(default_factory=dict)  # recipient -> RCPT reply
     accept_delay: float = 0.0  # seconds to wait after storing, before replying 250
     greetings: int = 0  # EHLO/HELO commands seen: one per connection
+    receiving: int = 0  # DATA commands being answered now
+    most_at_once: int = 0  # the most DATA commands answered at the same time
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -46,6 +48,7 @@ class SinkHandler:
             self.refused.clear()
             self.accept_delay = 0.0
             self.greetings = 0
+            self.most_at_once = 0
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
@@ -65,8 +68,14 @@ class SinkHandler:
             self.messages.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content)
             )
-        if self.accept_delay:
-            await asyncio.sleep(self.accept_delay)
+            self.receiving += 1
+            self.most_at_once = max(self.most_at_once, self.receiving)
+        try:
+            if self.accept_delay:
+                await asyncio.sleep(self.accept_delay)
+        finally:
+            with self.lock:
+                self.receiving -= 1
         return "250 Message accepted for delivery"
 
     # What tests assert on --------------------------------------------------------------------
