@@ -899,18 +899,21 @@ def main(argv: list[str]) -> int:
                 row, run = smtplib_row(slow, processes, n)
                 rows.append(row)
                 attempt(row, run)
+            connections = {"EMAIL_SMTP_CONNECTIONS": "10"}  # ours: 2 processes x 10
             variants = {
-                "ours": [(2, "prefork"), (8, "prefork"), (20, "threads")],
-                "post_office": [(None, None)],
-                "post_office-celery": [(2, "prefork")],
-                "celery_email": [(2, "prefork"), (20, "threads")],
-                "mailer": [(None, None)],
+                "ours": [(2, "prefork", connections), (2, "prefork", {}), (20, "threads", {})],
+                "post_office": [(None, None, {})],
+                "post_office-celery": [(2, "prefork", {})],
+                "celery_email": [(2, "prefork", {}), (20, "threads", {})],
+                "mailer": [(None, None, {})],
             }
             for key, system in systems.items():
-                for concurrency, pool in variants[key]:
+                for concurrency, pool, extra in variants[key]:
                     kind = "ours" if key == "ours" else "peer"
                     if concurrency:
                         label = f"{system.label} (-c {concurrency} -P {pool})"
+                        if extra:
+                            label = label[:-1] + ", EMAIL_SMTP_CONNECTIONS=10)"
                     elif key == "post_office":
                         label = f"{system.label} (1 process x 5 threads, its default)"
                     else:
@@ -919,8 +922,8 @@ def main(argv: list[str]) -> int:
                     rows.append(row)
                     attempt(
                         row,
-                        lambda s=system, c=concurrency, p=pool: bench.end_to_end(
-                            s, slow, n, concurrency=c or 2, pool=p or "prefork"
+                        lambda s=system, c=concurrency, p=pool, e=extra: bench.end_to_end(
+                            s, slow, n, concurrency=c or 2, pool=p or "prefork", extra_env=e
                         ),
                     )
             if "ours" in systems:  # what limits ours here: the sending side alone, and batching

@@ -26,11 +26,11 @@ from django.utils import timezone
 
 from . import journal, metrics, publishing, throttle
 from .composition import wire_message
-from .conf import SmtpSettings, get_smtp_settings, option
+from .conf import SmtpSettings, batch_size, get_smtp_settings, option
 from .exceptions import PermanentSendError, SendError, SmtpConfigurationError
 from .models import EmailAttempt, EmailJob
 from .retry import retry_delay, should_retry
-from .smtp import SendResult, get_client, sending_threads
+from .smtp import get_client, sending_threads
 
 logger = logging.getLogger(__name__)
 Status = EmailJob.Status
@@ -152,7 +152,7 @@ def deliver_due_jobs(*, job_id: int | None) -> int:
                 _hand_over()
                 break
             publishing.mark_draining(True)
-            limit = 1 if probing else option("BATCH_SIZE")
+            limit = 1 if probing else batch_size()
             jobs = claim_jobs(job_id=job_id if first else None, now=timezone.now(), limit=limit)
             if first and (not jobs or jobs[0].pk != job_id):
                 _republish_if_early(job_id)
@@ -346,16 +346,19 @@ def _release(jobs: list[EmailJob], *, delay: float = 0.0, publish: bool = True) 
 
 @dataclass(frozen=True)
 class _Transmission:
-    """What one SMTP conversation gave: the server's acceptance or the error, and its timing."""
+    """What one SMTP conversation gave: the server's refusal, or its acceptance and whether the
+    journal took it."""
 
-    result: SendResult | SendError
     started_at: datetime
     duration: float
+    error: SendError | None = None
+    acceptance: journal.Acceptance | None = None
+    journaled: bool = False
 
 
 def _transmit(job: EmailJob, smtp_settings: SmtpSettings) -> _Transmission:
-    """Send one job over this thread's connection; touches neither the database nor Redis, so
-    that it may run on a sending thread."""
+    """Send one job over this thread's connection and journal an acceptance at once. It writes
+    Redis but not the database, so that it may run on a sending thread."""
     started_at, started = timezone.now(), time.monotonic()
     try:
         result = get_client().send(
@@ -365,31 +368,33 @@ def _transmit(job: EmailJob, smtp_settings: SmtpSettings) -> _Transmission:
             message=_wire_bytes(job),
         )
     except SendError as error:
-        result = error
-    return _Transmission(result, started_at, time.monotonic() - started)
+        return _Transmission(started_at, time.monotonic() - started, error=error)
+    duration = time.monotonic() - started
+    acceptance = journal.Acceptance(
+        job_id=job.pk,
+        attempt=job.attempts,
+        started_at=started_at,
+        duration=duration,
+        sent_at=started_at + timedelta(seconds=duration),
+        response=result.response,
+        refused={address: list(reply) for address, reply in result.refused.items()},
+    )
+    journaled = journal.record(job.claim_token, acceptance)
+    return _Transmission(started_at, duration, acceptance=acceptance, journaled=journaled)
 
 
 def _settle_transmission(
     job: EmailJob, transmission: _Transmission, accepted: list[journal.Acceptance]
 ) -> tuple[str, SendError | None]:
-    """A failure is settled at once; an acceptance is journaled and joins `accepted`, to be
-    settled with the batch (or at once, if the journal cannot take it)."""
-    result, started_at = transmission.result, transmission.started_at
-    if isinstance(result, SendError):
-        return _settle_failure(job, result, started_at, transmission.duration), result
-    acceptance = journal.Acceptance(
-        job_id=job.pk,
-        attempt=job.attempts,
-        started_at=started_at,
-        duration=transmission.duration,
-        sent_at=started_at + timedelta(seconds=transmission.duration),
-        response=result.response,
-        refused={address: list(reply) for address, reply in result.refused.items()},
-    )
-    if journal.record(job.claim_token, acceptance):
-        accepted.append(acceptance)
+    """A failure is settled at once; a journaled acceptance joins `accepted`, to be settled with
+    the batch, one the journal could not take is settled at once."""
+    if transmission.error is not None:
+        error = transmission.error
+        return _settle_failure(job, error, transmission.started_at, transmission.duration), error
+    if transmission.journaled:
+        accepted.append(transmission.acceptance)
     else:
-        settle_accepted(job.claim_token, [acceptance], journaled=False)
+        settle_accepted(job.claim_token, [transmission.acceptance], journaled=False)
     return Outcome.SENT, None
 
 

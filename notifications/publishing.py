@@ -14,7 +14,7 @@ from celery import current_app
 from django.conf import settings
 
 from . import shared_redis
-from .conf import option
+from .conf import batch_size, option
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def wake_workers(job_ids: Sequence[int]) -> int:
         return 0
     if waiting is not None and waiting >= option("WAKE_QUEUE_DEPTH"):
         return 0  # those messages' tasks will claim these jobs too
-    return publish_jobs(list(job_ids)[:: option("BATCH_SIZE")])
+    return publish_jobs(list(job_ids)[:: batch_size()])
 
 
 def call_for_help(job_id: int) -> int:

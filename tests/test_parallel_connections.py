@@ -1,6 +1,8 @@
 """EMAIL_SMTP_CONNECTIONS: a batch sent over several connections at once, against the real SMTP
 server, with every attempt recorded as it would be over one."""
 
+from collections import Counter
+
 import pytest
 
 from notifications import delivery, services, throttle
@@ -100,3 +102,12 @@ def test_a_connection_count_out_of_range_is_refused_at_startup(value, tmp_path):
     )
     assert result.returncode != 0
     assert f"EMAIL_SMTP_CONNECTIONS must be between 1 and 100, not {value}" in result.stderr
+
+
+def test_a_batch_is_at_least_eight_jobs_a_connection(smtp, connections):
+    connections(4, BATCH_SIZE=5)
+    jobs = enqueue(40)
+    assert delivery.deliver_due_jobs(job_id=jobs[0].pk) == 40
+    claims = EmailJob.objects.values_list("claim_token", flat=True)
+    assert sorted(Counter(claims).values()) == [8, 32]  # claimed 32 at a time, not 5
+    assert smtp.count() == 40
