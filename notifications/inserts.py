@@ -8,15 +8,17 @@ text, which neither backend adapts, is passed as it is (tests/test_inserts.py co
 """
 
 import functools
+import operator
 import sqlite3
 from collections.abc import Callable, Iterable
 
-from django.db.models import CharField, Field, TextField
+from django.db.models import CharField, Field, JSONField, TextField
 
 from .models import EmailJob
 
 ROWS_PER_STATEMENT = 500
 _UNSET = object()
+_EMPTY = {list: [], dict: {}}  # one of each, so that the memo of the last value finds them
 
 
 @functools.cache
@@ -42,10 +44,11 @@ def new_jobs(values: Iterable[dict], *, now) -> list[EmailJob]:
         else:
             fixed[field.attname] = None if field.primary_key else field.get_default()
     fixed["created_at"] = fixed["updated_at"] = now
+    in_order = operator.itemgetter(*(field.attname for field in _fields()))
     jobs = []
     for given in values:
         row = fixed | {f.attname: f.get_default() for f in fresh if f.attname not in given} | given
-        jobs.append(EmailJob(*(row[field.attname] for field in _fields())))
+        jobs.append(EmailJob(*in_order(row)))
     return jobs
 
 
@@ -71,12 +74,15 @@ def _preparer(field: Field, database) -> Callable[[object], object]:
     prepare_save = field.get_db_prep_save
     # CharField.to_python gives a str back as it is, and no backend adapts text further.
     text = type(field) in (CharField, TextField)
+    json = isinstance(field, JSONField)
     last, prepared = _UNSET, None
 
     def prepare(value):
         nonlocal last, prepared
         if text and type(value) is str:
             return value
+        if json and not value and type(value) in _EMPTY:  # most of cc, bcc, headers...
+            value = _EMPTY[type(value)]
         if value is not last:
             last, prepared = value, prepare_save(value, database)
         return prepared
