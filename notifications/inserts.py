@@ -8,9 +8,10 @@ text, which neither backend adapts, is passed as it is (tests/test_inserts.py co
 """
 
 import functools
+import itertools
 import operator
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from django.db.models import CharField, Field, JSONField, TextField
 
@@ -18,7 +19,6 @@ from .models import EmailJob
 
 ROWS_PER_STATEMENT = 500
 _UNSET = object()
-_EMPTY = {list: [], dict: {}}  # one of each, so that the memo of the last value finds them
 
 
 @functools.cache
@@ -52,40 +52,58 @@ def new_jobs(values: Iterable[dict], *, now) -> list[EmailJob]:
     return jobs
 
 
-def prepared_rows(jobs: list[EmailJob], database) -> list[list]:
+def prepared_rows(jobs: list[EmailJob], database) -> list[tuple]:
     """Each job's column values, prepared by its fields for `database`, as bulk_create would.
 
-    auto_now fields are read, not stamped again: `new_jobs` set them to the call's time.
+    Column by column: a column holding one object in every row (the call's time, the status, a
+    cached sender address) is prepared once, and a column of text is taken as it is, since
+    CharField.to_python gives a str back unchanged and no backend adapts text. auto_now fields
+    are read, not stamped again: `new_jobs` set them to the call's time.
     """
-    preparers = [_preparer(field, database) for field in _inserted_fields()]
-    attnames = [field.attname for field in _inserted_fields()]
-    return [
-        [
-            prepare(value)
-            for prepare, value in zip(preparers, map(job.__dict__.get, attnames), strict=True)
-        ]
-        for job in jobs
+    values = operator.itemgetter(*(field.attname for field in _inserted_fields()))
+    columns = zip(*(values(job.__dict__) for job in jobs), strict=True)
+    prepared = [
+        _prepared_column(field, column, database)
+        for field, column in zip(_inserted_fields(), columns, strict=True)
     ]
+    return list(zip(*prepared, strict=True))
+
+
+def _prepared_column(field: Field, column: tuple, database) -> Sequence:
+    first = column[0]
+    if all(map(operator.is_, column, itertools.repeat(first))):
+        return [field.get_db_prep_save(first, database)] * len(column)
+    if type(field) in (CharField, TextField) and set(map(type, column)) == {str}:
+        return column
+    return list(map(_preparer(field, database), column))
 
 
 def _preparer(field: Field, database) -> Callable[[object], object]:
-    """`field.get_db_prep_save`, with a memo of the last value and its preparation (repeated
-    values are the same object: the call's time, the status, a cached sender address)."""
+    """`field.get_db_prep_save`, with a memo of the last value."""
+    if isinstance(field, JSONField):
+        return _json_preparer(field, database)
     prepare_save = field.get_db_prep_save
-    # CharField.to_python gives a str back as it is, and no backend adapts text further.
-    text = type(field) in (CharField, TextField)
-    json = isinstance(field, JSONField)
     last, prepared = _UNSET, None
 
     def prepare(value):
         nonlocal last, prepared
-        if text and type(value) is str:
-            return value
-        if json and not value and type(value) in _EMPTY:  # most of cc, bcc, headers...
-            value = _EMPTY[type(value)]
         if value is not last:
             last, prepared = value, prepare_save(value, database)
         return prepared
+
+    return prepare
+
+
+def _json_preparer(field: JSONField, database) -> Callable[[object], object]:
+    """What JSONField.get_db_prep_save gives a list or dict, the backend's JSON adapter, called
+    directly, and once for all the empty ones (most of cc, bcc, headers...)."""
+    adapt, encoder = database.ops.adapt_json_value, field.encoder
+    empty = {list: adapt([], encoder), dict: adapt({}, encoder)}
+
+    def prepare(value):
+        if type(value) not in empty:
+            return field.get_db_prep_save(value, database)
+        return adapt(value, encoder) if value else empty[type(value)]
 
     return prepare
 
@@ -96,7 +114,9 @@ def insert(jobs: list[EmailJob], rows: list[list], database) -> None:
     with database.cursor() as cursor:
         for start in range(0, len(rows), per_statement):
             batch = rows[start : start + per_statement]
-            cursor.execute(_insert_sql(database, len(batch)), [v for r in batch for v in r])
+            cursor.execute(
+                _insert_sql(database, len(batch)), list(itertools.chain.from_iterable(batch))
+            )
             # Matched by Message-ID (unique): SQLite does not promise RETURNING's row order.
             ids = dict((message_id, pk) for pk, message_id in cursor.fetchall())
             for job in jobs[start : start + per_statement]:
