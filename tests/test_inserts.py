@@ -106,3 +106,8 @@ def test_returned_jobs_read_as_stored():
     stored = EmailJob.objects.get(pk=job.pk)
     for field in inserts._inserted_fields():
         assert getattr(job, field.attname) == getattr(stored, field.attname), field.name
+
+
+def test_no_messages_write_no_job(broker):
+    assert services.enqueue_emails(messages=[]) == []
+    assert not EmailJob.objects.exists()
