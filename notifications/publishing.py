@@ -2,8 +2,8 @@
 
 A send task drains due jobs in batches (delivery.py), so a due job needs *a* message on the queue
 after its commit, not one of its own: `wake_workers` publishes one message per batch of new jobs,
-and none while a worker is draining (it looks again before it stops) or enough messages already
-wait on the queue to drain everything that is due.
+no more than make EMAIL_WAKE_QUEUE_DEPTH wait, and none while a worker is draining (it looks
+again before it stops) or enough messages already wait on the queue to drain everything due.
 """
 
 import logging
@@ -35,9 +35,12 @@ def wake_workers(job_ids: Sequence[int]) -> int:
     draining, waiting = _queue_state()
     if draining:
         return 0
-    if waiting is not None and waiting >= option("WAKE_QUEUE_DEPTH"):
+    missing = option("WAKE_QUEUE_DEPTH") - (waiting or 0)
+    if missing <= 0:
         return 0  # those messages' tasks will claim these jobs too
-    return publish_jobs(list(job_ids)[:: batch_size()])
+    # A message a batch, up to that depth: each task drains until nothing is due, calling for help
+    # while it finds full batches. 2,000 jobs of one call took 100 messages, 65 ms of publishing.
+    return publish_jobs(list(job_ids)[:: batch_size()][:missing])
 
 
 def call_for_help(job_id: int) -> int:

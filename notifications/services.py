@@ -4,7 +4,6 @@ State machine of a job: pending -> sending (claimed, attempts+1, leased) -> sent
 pending (retry later); pending -> cancelled. Sending lives in delivery.py.
 """
 
-import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -16,7 +15,7 @@ from django.core.mail import EmailMessage
 from django.db import IntegrityError, connection, connections, transaction
 from django.utils import timezone
 
-from . import delivery, journal, metrics, publishing, selectors, wakeups
+from . import delivery, inserts, journal, metrics, publishing, selectors, wakeups
 from .composition import job_fields
 from .conf import option
 from .exceptions import EmailRejected
@@ -41,82 +40,40 @@ def enqueue_emails(
     own `priority`, `send_at` and `expires_at` attributes, when set, win over the arguments.
     """
     now = timezone.now()
-    jobs = [
-        EmailJob(
-            **job_fields(message),
-            **_scheduling(message, now, priority=priority, send_at=send_at, expires_at=expires_at),
-            dispatched_at=now,
-        )
-        for message in messages
-    ]
+    scheduling = {"priority": priority, "send_at": send_at, "expires_at": expires_at}
+    jobs = inserts.new_jobs(
+        (
+            {**job_fields(message), **_scheduling(message, now, **scheduling), "dispatched_at": now}
+            for message in messages
+        ),
+        now=now,
+    )
+    database = connections[EmailJob.objects.db]
     try:  # the unique Message-ID column refuses a reused one; no SELECT before every INSERT
-        # send_mail(), the common call and the one that must be quick: its values are prepared
-        # before the transaction, which on SQLite holds the one write lock (0.1 ms of 0.7).
-        row = _insert_values(jobs[0]) if len(jobs) == 1 else None
-        if row and _one_statement_commits(EmailJob.objects.db):
-            _insert_one(jobs[0], row)  # outside the caller's transaction: the INSERT commits
+        # Values are prepared before the transaction, which on SQLite holds the one write lock
+        # (for send_mail(), 0.1 ms of 0.7).
+        rows = inserts.prepared_rows(jobs, database)
+        if len(jobs) == 1 and _one_statement_commits(database):
+            inserts.insert(jobs, rows, database)  # outside the caller's transaction: it commits
             _publish_new(jobs, now)
         else:
-            with transaction.atomic():
-                if row:
-                    _insert_one(jobs[0], row)
-                else:
-                    EmailJob.objects.bulk_create(jobs, batch_size=500)
-                transaction.on_commit(lambda: _publish_new(jobs, now))
+            with transaction.atomic(using=database.alias):
+                inserts.insert(jobs, rows, database)
+                transaction.on_commit(lambda: _publish_new(jobs, now), using=database.alias)
     except IntegrityError:
         _refuse_reused_message_ids([job.message_id for job in jobs])
         raise
     return jobs
 
 
-def _one_statement_commits(alias: str) -> bool:
+def _one_statement_commits(database) -> bool:
     """Whether a lone INSERT may run in autocommit: on PostgreSQL, outside the caller's
     transaction, it is its own transaction, and BEGIN and COMMIT would be two more round trips to
     the server (send_mail() 791/s, against 1,050/s for django-mailer's one INSERT). SQLite keeps
     the transaction: its BEGIN takes the writer lock that queues writers (sqlite_backend)."""
-    database = connections[alias]
     if database.vendor != "postgresql" or database.in_atomic_block:
         return False
     return database.get_autocommit()
-
-
-@functools.cache
-def _inserted_fields() -> tuple:
-    return tuple(field for field in EmailJob._meta.concrete_fields if not field.primary_key)
-
-
-def _insert_values(job: EmailJob) -> list:
-    """The job's column values, prepared by the model's own fields as the ORM would."""
-    database = connections[EmailJob.objects.db]
-    return [
-        field.get_db_prep_save(field.pre_save(job, True), database) for field in _inserted_fields()
-    ]
-
-
-def _insert_one(job: EmailJob, values: list) -> None:
-    """bulk_create's INSERT for one job, without compiling the statement each time: the ORM's
-    compilation was a third of a send_mail() (0.3 of 0.9 ms)."""
-    database = connections[EmailJob.objects.db]
-    with database.cursor() as cursor:
-        cursor.execute(_insert_sql(database, _inserted_fields()), values)
-        job.pk = cursor.fetchone()[0]
-    job._state.adding, job._state.db = False, EmailJob.objects.db
-
-
-_insert_statements: dict[str, str] = {}  # by database vendor
-
-
-def _insert_sql(database, fields: tuple) -> str:
-    if database.vendor not in _insert_statements:
-        quote = database.ops.quote_name
-        columns = ", ".join(quote(field.column) for field in fields)
-        placeholders = ", ".join(["%s"] * len(fields))
-        table, pk = quote(EmailJob._meta.db_table), quote(EmailJob._meta.pk.column)
-        # Only our own quoted table and column names go into the text; values are parameters.
-        _insert_statements[database.vendor] = (
-            f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) RETURNING {pk}"  # noqa: S608
-        )
-    return _insert_statements[database.vendor]
 
 
 def _refuse_reused_message_ids(message_ids: list[str]) -> None:

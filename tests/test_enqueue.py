@@ -65,6 +65,18 @@ def test_send_mass_mail_creates_one_job_per_message_and_a_message_per_batch(brok
     assert sorted(queued_job_ids(broker)) == sorted([f"({first},)", f"({eleventh},)", f"({last},)"])
 
 
+def test_a_large_bulk_publishes_a_message_per_batch_up_to_the_queue_depth(broker, settings):
+    settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "BATCH_SIZE": 5, "WAKE_QUEUE_DEPTH": 3}
+    send_mail("s", "b", "from@example.org", ["early@example.org"])
+    assert len(queued_messages(broker)) == 1
+    batch = [("s", "b", "from@example.org", [f"user{i}@example.org"]) for i in range(40)]
+    assert send_mass_mail(batch) == 40
+    early, *new = EmailJob.objects.order_by("pk").values_list("pk", flat=True)
+    assert len(new) == 40
+    # One message waited: two more make three, for the first two batches of the eight.
+    assert sorted(queued_job_ids(broker)) == sorted(f"({pk},)" for pk in (early, new[0], new[5]))
+
+
 def test_no_wake_up_message_while_enough_wait_on_the_queue(broker, settings):
     settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "WAKE_QUEUE_DEPTH": 3}
     for i in range(5):

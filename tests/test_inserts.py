@@ -1,0 +1,113 @@
+"""What enqueue_emails() writes without the ORM: the rows bulk_create writes, with the right ids."""
+
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.core.mail import EmailMessage, EmailMultiAlternatives
+from django.db import connection
+from django.utils import timezone
+
+from notifications import inserts, services
+from notifications.models import EmailJob
+from tests.factories import make_message
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def varied_messages() -> list[EmailMessage]:
+    soon = timezone.now() + timedelta(hours=1)
+    html = EmailMultiAlternatives("Text and HTML", "text", "a@example.org", ["b@example.org"])
+    html.attach_alternative("<p>html</p>", "text/html")
+    html_only = EmailMessage("HTML only", "<b>hi</b>", "a@example.org", ["b@example.org"])
+    html_only.content_subtype = "html"
+    attached = make_message(1, subject="Attached")
+    attached.attach("report.csv", "a,b\n1,2\n", "text/csv")
+    attached.attach("logo.png", b"\x89PNG\r\n", "image/png")
+    scheduled = make_message(2, subject="Scheduled, high")
+    scheduled.priority, scheduled.send_at = "high", soon.astimezone(ZoneInfo("Europe/Paris"))
+    scheduled.expires_at = soon + timedelta(days=1)
+    return [
+        make_message(0),
+        html,
+        html_only,
+        attached,
+        scheduled,
+        make_message(
+            3,
+            subject="Überall, ça va? 🎉",
+            body="Grüße\n" * 40,
+            from_email="Zoë Doe <zoe@example.org>",
+            to=["x@example.org", "Y Person <y@example.org>"],
+            cc=["c@example.org"],
+            bcc=["hidden@example.org"],
+            reply_to=["r@example.org"],
+            headers={"X-Campaign": "spring", "List-Unsubscribe": "<mailto:u@example.org>"},
+        ),
+        make_message(4, headers={"Message-ID": "<given@example.org>", "X-Tag": "ünï"}),
+        make_message(5, subject="", body=""),
+    ]
+
+
+def stored_rows(pks) -> list[tuple]:
+    """The rows as the database gives them back, every column."""
+    table = connection.ops.quote_name(EmailJob._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT * FROM {table} ORDER BY id")  # noqa: S608 - our own table
+        names = [column[0] for column in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return [row for row in rows if row["id"] in pks]
+
+
+def test_rows_are_those_bulk_create_writes_for_the_same_jobs():
+    jobs = services.enqueue_emails(messages=varied_messages(), priority="low")
+    # The ORM writes copies of the same jobs; only their Message-IDs (unique) differ.
+    copies = [
+        EmailJob(**{f.attname: getattr(job, f.attname) for f in inserts._inserted_fields()})
+        for job in jobs
+    ]
+    for copy in copies:
+        copy.message_id = "<copy-" + copy.message_id[1:]
+    EmailJob.objects.bulk_create(copies)
+
+    ours = stored_rows({job.pk for job in jobs})
+    theirs = stored_rows({copy.pk for copy in copies})
+    assert len(ours) == len(theirs) == 8
+    for mine, orm in zip(ours, theirs, strict=True):
+        assert orm["message_id"] == "<copy-" + mine["message_id"][1:]
+        # auto_now(_add): the ORM stamps its own time, ours is the call's, as dispatched_at.
+        assert mine["created_at"] == mine["updated_at"] == mine["dispatched_at"]
+        skip = {"id", "message_id", "created_at", "updated_at"}
+        assert {k: v for k, v in mine.items() if k not in skip} == {
+            k: v for k, v in orm.items() if k not in skip
+        }
+    layouts = {row["subject"]: row["layout"] for row in ours}
+    assert layouts["Attached"] == EmailJob.Layout.RENDERED
+    assert layouts["Text and HTML"] == EmailJob.Layout.PLAIN_HTML
+
+
+def test_each_returned_job_has_the_id_of_its_own_row(monkeypatch):
+    monkeypatch.setattr(inserts, "ROWS_PER_STATEMENT", 3)  # 3 statements for 7 jobs
+    messages = [make_message(i, subject=f"number {i}") for i in range(7)]
+    jobs = services.enqueue_emails(messages=messages)
+    assert len({job.pk for job in jobs}) == 7
+    for number, job in enumerate(jobs):
+        stored = EmailJob.objects.get(pk=job.pk)
+        assert (stored.subject, stored.message_id) == (f"number {number}", job.message_id)
+        assert stored.status == EmailJob.Status.PENDING and stored.to == [
+            f"user{number}@example.org"
+        ]
+        assert not job._state.adding
+    assert EmailJob.objects.count() == 7
+
+
+def test_returned_jobs_read_as_stored():
+    [job] = services.enqueue_emails(messages=[varied_messages()[4]])
+    stored = EmailJob.objects.get(pk=job.pk)
+    for field in inserts._inserted_fields():
+        assert getattr(job, field.attname) == getattr(stored, field.attname), field.name
+
+
+def test_no_messages_write_no_job(broker):
+    assert services.enqueue_emails(messages=[]) == []
+    assert not EmailJob.objects.exists()
