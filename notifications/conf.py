@@ -11,13 +11,14 @@ def option(name: str):
 
 def batch_size() -> int:
     """Jobs a worker claims at once: EMAIL_BATCH_SIZE, and over several SMTP connections at
-    least 8 a connection, so that they are not left idle while the end of each batch is awaited,
-    settled and the next claimed (draining to a 20 ms relay over 10 connections: 209/s in batches
-    of 20, 276/s of 80)."""
+    least 16 a connection, so that they are not left idle while the end of each batch is
+    awaited, settled and the next claimed. Draining to a 20 ms relay over 10 connections in one
+    process: 209/s in batches of 20, 276/s of 80; two processes: 469-480/s in batches of 80,
+    614-615/s of 160 (benchmarks/compare.py, backlog)."""
     connections = option("SMTP_CONNECTIONS")
     if connections == 1:
         return option("BATCH_SIZE")
-    return max(option("BATCH_SIZE"), 8 * connections)
+    return max(option("BATCH_SIZE"), 16 * connections)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,24 @@ from notifications import delivery, services, throttle
 from notifications.models import EmailJob
 from notifications.smtp import close_client
 from tests.factories import make_message
-from tests.support.processes import free_port
+from tests.support.processes import free_port, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("broker")]
 Status = EmailJob.Status
+
+
+@pytest.mark.integration
+def test_celery_workers_send_over_several_connections_each(start_worker, smtp):
+    smtp.accept_delay = 0.05
+    start_worker(concurrency=2, EMAIL_SMTP_CONNECTIONS="4")
+    jobs = enqueue(60)
+    wait_until(
+        lambda: EmailJob.objects.filter(status=Status.SENT).count() == 60, 60, 0.1, "60 sent"
+    )
+    assert smtp.by_message_id() == dict.fromkeys((job.message_id for job in jobs), 1)
+    # Two processes with one connection each would never have more than two at once.
+    assert smtp.most_at_once >= 4
+    assert EmailJob.objects.filter(attempts=1).count() == 60
 
 
 @pytest.fixture
@@ -104,10 +118,18 @@ def test_a_connection_count_out_of_range_is_refused_at_startup(value, tmp_path):
     assert f"EMAIL_SMTP_CONNECTIONS must be between 1 and 100, not {value}" in result.stderr
 
 
-def test_a_batch_is_at_least_eight_jobs_a_connection(smtp, connections):
+def test_a_batch_is_at_least_sixteen_jobs_a_connection(smtp, connections):
     connections(4, BATCH_SIZE=5)
-    jobs = enqueue(40)
-    assert delivery.deliver_due_jobs(job_id=jobs[0].pk) == 40
+    jobs = enqueue(80)
+    assert delivery.deliver_due_jobs(job_id=jobs[0].pk) == 80
     claims = EmailJob.objects.values_list("claim_token", flat=True)
-    assert sorted(Counter(claims).values()) == [8, 32]  # claimed 32 at a time, not 5
-    assert smtp.count() == 40
+    assert sorted(Counter(claims).values()) == [16, 64]  # claimed 64 at a time, not 5
+    assert smtp.count() == 80
+
+
+def test_one_connection_keeps_the_batch_size_as_set(smtp, connections):
+    connections(1, BATCH_SIZE=5)
+    jobs = enqueue(12)
+    assert delivery.deliver_due_jobs(job_id=jobs[0].pk) == 12
+    claims = EmailJob.objects.values_list("claim_token", flat=True)
+    assert sorted(Counter(claims).values()) == [2, 5, 5]
