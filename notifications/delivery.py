@@ -1,15 +1,16 @@
-"""Sending: claim due jobs, send them over the process's SMTP connection, settle each attempt.
+"""Sending: claim due jobs, send them over the process's SMTP connection(s), settle each attempt.
 
 A task claims its own job first and, in the same go, up to EMAIL_BATCH_SIZE - 1 other due jobs
 (highest priority, longest waiting first), so a lone job goes out at once and a backlog drains in
-batches over one connection instead of paying the broker and the database per message. The other
-jobs' broker messages then find nothing to claim, or claim the next batch.
+batches over one connection (or EMAIL_SMTP_CONNECTIONS at once) instead of paying the broker and
+the database per message. The other jobs' broker messages then find nothing to claim, or claim the
+next batch.
 
 Each claim is conditional (status='pending'), stamped with a claim token, and leased. A failed
 attempt is settled at once; the sent jobs of a batch are settled together once the batch is over,
 in one transaction fenced by the claim token, and each acceptance is journaled in Redis as the
 server gives it (journal.py), so a crash can still repeat at most the one message that was on the
-wire.
+wire (one per connection).
 """
 
 import logging
@@ -206,9 +207,9 @@ def _send_batch(
 class _BatchRun:
     """One claimed batch on its way out, over EMAIL_SMTP_CONNECTIONS connections at once.
 
-    With more than one, the SMTP conversations run on this thread's sending threads (each with a
-    connection of its own); the database and Redis are written here alone, as each reply comes
-    in. With one, each message is sent here, in order.
+    With more than one, the SMTP conversations run on this thread's sending threads, each with a
+    connection of its own, which journal each acceptance in Redis as they get it; the database is
+    written here alone, as each reply comes in. With one, each message is sent here, in order.
     """
 
     def __init__(self, jobs: list[EmailJob], *, deadline: float | None, probing: bool) -> None:
