@@ -16,6 +16,7 @@ wire (one per connection).
 import logging
 import time
 import uuid
+from collections import Counter, defaultdict, deque
 from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -130,8 +131,13 @@ def deliver_job(*, job_id: int) -> str | None:
     if not jobs:
         _republish_if_early(job_id)
         return None
-    outcomes = _send_batch(jobs, probing=probing)
-    return outcomes[0] if outcomes else None
+    sender = _Sender(deadline=None, probing=probing)
+    try:
+        sender.add(jobs)
+        sender.send()
+    finally:
+        sender.finish()
+    return sender.outcomes[0] if sender.outcomes else None
 
 
 def deliver_due_jobs(*, job_id: int | None) -> int:
@@ -145,7 +151,7 @@ def deliver_due_jobs(*, job_id: int | None) -> int:
         _wake_after_pause(job_id, wait)
         return 0
     deadline = time.monotonic() + option("LEASE_SECONDS") / 2
-    attempted, first = 0, True
+    sender, first = _Sender(deadline=deadline, probing=probing), True
     try:
         while True:
             if time.monotonic() >= deadline:  # out of time: another task carries on
@@ -153,6 +159,7 @@ def deliver_due_jobs(*, job_id: int | None) -> int:
                 _hand_over()
                 break
             publishing.mark_draining(True)
+            probing = sender.probing
             limit = 1 if probing else batch_size()
             jobs = claim_jobs(job_id=job_id if first else None, now=timezone.now(), limit=limit)
             if first and (not jobs or jobs[0].pk != job_id):
@@ -160,21 +167,26 @@ def deliver_due_jobs(*, job_id: int | None) -> int:
             first = False
             if len(jobs) == limit and not probing:
                 publishing.call_for_help(jobs[-1].pk)
-            outcomes = _send_batch(jobs, deadline=deadline, probing=probing)
-            attempted += len(outcomes)
-            if probing and outcomes and not throttle.circuit_state().open:
-                probing = False  # the probe went through: carry on in full batches
-                continue
-            if len(outcomes) < len(jobs):
-                break  # stopped early: a pause or out of time, which published what follows
+            sender.add(jobs)
+            # Over several connections, the next batch is claimed while the last replies of this
+            # one are awaited, so that the connections do not stand idle in between.
+            sender.send(until_room=not probing)
+            if sender.stopped:
+                break  # a pause or out of time, which published what follows
+            if probing and not sender.probing:
+                continue  # the probe went through: carry on in full batches
             if len(jobs) == limit or _any_due():
                 continue  # jobs keep coming in: they need no wake-up of their own
+            sender.send()  # the last replies, then a last look
+            if sender.stopped:
+                break
             publishing.mark_draining(False)
             if not _any_due():  # the last look: whatever was committed while we were marked
                 break
     finally:
+        sender.finish()
         publishing.mark_draining(False)
-    return attempted
+    return len(sender.outcomes)
 
 
 def _any_due() -> bool:
@@ -194,66 +206,83 @@ def _hand_over() -> None:
         publishing.publish_jobs([job.pk])
 
 
-def _send_batch(
-    jobs: list[EmailJob], *, deadline: float | None = None, probing: bool = False
-) -> list[str]:
-    """Send each claimed job; on a pause, a connection-wide failure or the deadline, release the
-    rest unattempted. The sent ones are settled together at the end."""
-    if not jobs:
-        return []
-    return _BatchRun(jobs, deadline=deadline, probing=probing).run()
-
-
-class _BatchRun:
-    """One claimed batch on its way out, over EMAIL_SMTP_CONNECTIONS connections at once.
+class _Sender:
+    """Claimed jobs on their way out, over EMAIL_SMTP_CONNECTIONS connections at once.
 
     With more than one, the SMTP conversations run on this thread's sending threads, each with a
     connection of its own, which journal each acceptance in Redis as they get it; the database is
     written here alone, as each reply comes in. With one, each message is sent here, in order.
+    A task's batches (claims) all go through one sender; the sent jobs of a claim are settled
+    together once its last job is done.
     """
 
-    def __init__(self, jobs: list[EmailJob], *, deadline: float | None, probing: bool) -> None:
-        self.jobs, self.deadline, self.probing = jobs, deadline, probing
+    def __init__(self, *, deadline: float | None, probing: bool) -> None:
+        self.deadline, self.probing = deadline, probing
+        self.width = 1 if probing else option("SMTP_CONNECTIONS")
+        self.smtp_settings, self.settings_error = None, None
+        self.waiting: deque[EmailJob] = deque()  # claimed, not started
+        self.in_flight: dict[Future, EmailJob] = {}
+        self.unfinished: Counter[str] = Counter()  # jobs of each claim not done yet
+        self.accepted: defaultdict[str, list[journal.Acceptance]] = defaultdict(list)
+        self.outcomes: list[str] = []
+        self.stopped = self.paused = False
+
+    def add(self, jobs: list[EmailJob]) -> None:
+        """A claim's jobs, to be sent after those already waiting."""
+        if not jobs:
+            return
         try:
-            self.smtp_settings = get_smtp_settings()  # once a batch: a change applies next batch
+            self.smtp_settings = get_smtp_settings()  # once a claim: a change applies next claim
             self.settings_error = None
         except SmtpConfigurationError as error:
             self.smtp_settings, self.settings_error = None, error
-        self.width = 1 if probing else option("SMTP_CONNECTIONS")
-        self.outcomes: list[str] = []
-        self.accepted: list[journal.Acceptance] = []
-        self.in_flight: dict[Future, EmailJob] = {}
-        self.next = 0  # the first job not yet started
-        self.stopped = self.paused = False
+        self.unfinished.update(job.claim_token for job in jobs)
+        self.waiting.extend(jobs)
 
-    def run(self) -> list[str]:
-        try:
-            while self._start_more():
-                done, _ = futures.wait(self.in_flight, return_when=futures.FIRST_COMPLETED)
-                for future in [f for f in self.in_flight if f in done]:  # in the order started
-                    self._record(self.in_flight.pop(future), future.result())
-        finally:  # also when settling raised, or the task ran out of time
-            self._finish_in_flight()
-            settle_accepted(self.jobs[0].claim_token, self.accepted)
-        if Outcome.SENT in self.outcomes:
-            throttle.record_success()
-        return self.outcomes
+    def send(self, *, until_room: bool = False) -> None:
+        """Send what is waiting; with `until_room`, return as soon as there is room for more
+        (see _has_room; with one connection: once all is done)."""
+        while self._start_more():
+            if until_room and self._has_room():
+                return
+            done, _ = futures.wait(self.in_flight, return_when=futures.FIRST_COMPLETED)
+            for future in [f for f in self.in_flight if f in done]:  # in the order started
+                self._record(self.in_flight.pop(future), future.result())
+
+    def _has_room(self) -> bool:
+        """Time to claim more: over several connections, as soon as every claimed job has
+        started, so that the next claim's jobs take each connection the moment it is free. Never
+        after a stop: then everything on the wire is awaited."""
+        return self.width > 1 and not (self.waiting or self.stopped)
+
+    def finish(self) -> None:
+        """Wait for the conversations still on the wire and settle every claim, also after an
+        error here: an acceptance that went unrecorded would be sent again."""
+        for future, job in list(self.in_flight.items()):
+            try:
+                accepted = self.accepted[job.claim_token]
+                self.outcomes.append(_settle_transmission(job, future.result(), accepted)[0])
+            except Exception:
+                logger.exception("job %s: recording its attempt failed", job.pk)
+        self.in_flight.clear()
+        for token in list(self.accepted):
+            self._settle_claim(token)
 
     def _start_more(self) -> bool:
-        """Start jobs until `width` are on the wire; whether any job is left to wait for."""
-        while not self.stopped and self.next < len(self.jobs) and len(self.in_flight) < self.width:
-            job = self.jobs[self.next]
+        """Start jobs until `width` are on the wire; whether any is on the wire."""
+        while not self.stopped and self.waiting and len(self.in_flight) < self.width:
+            job = self.waiting[0]
             if self.deadline is not None and time.monotonic() > self.deadline:
                 self._stop()
             elif self.smtp_settings is None:
-                self.next += 1
+                self.waiting.popleft()
                 outcome = _settle_failure(job, self.settings_error, timezone.now(), 0.0)
+                self._done(job)
                 self._react(job, outcome, self.settings_error)
             elif wait := throttle.acquire_send_slot(self.smtp_settings):
                 self._stop(delay=wait)
             else:
-                self.next += 1
-                self.in_flight[self._transmit(job)] = job
+                self.in_flight[self._transmit(self.waiting.popleft())] = job
         return bool(self.in_flight)
 
     def _transmit(self, job: EmailJob) -> Future:
@@ -264,8 +293,22 @@ class _BatchRun:
         return sending_threads(self.width).submit(_transmit, job, self.smtp_settings)
 
     def _record(self, job: EmailJob, transmission: "_Transmission") -> None:
-        outcome, error = _settle_transmission(job, transmission, self.accepted)
+        outcome, error = _settle_transmission(job, transmission, self.accepted[job.claim_token])
+        self._done(job)
         self._react(job, outcome, error)
+
+    def _done(self, job: EmailJob) -> None:
+        """One job of its claim is done; the claim's sent jobs are settled after its last."""
+        self.unfinished[job.claim_token] -= 1
+        if self.unfinished[job.claim_token] <= 0:
+            del self.unfinished[job.claim_token]
+            self._settle_claim(job.claim_token)
+
+    def _settle_claim(self, token: str) -> None:
+        accepted = self.accepted.pop(token, [])
+        settle_accepted(token, accepted)
+        if accepted:
+            throttle.record_success()
 
     def _react(self, job: EmailJob, outcome: str, error: SendError | None) -> None:
         self.outcomes.append(outcome)
@@ -288,23 +331,19 @@ class _BatchRun:
         elif self.probing:
             throttle.close_circuit()
             self.probing = False
+            self.width = option("SMTP_CONNECTIONS")
 
     def _stop(self, *, delay: float = 0.0, publish: bool = True) -> None:
         """Start nothing more: the jobs not started go back to the queue, their attempt unused.
         Those on the wire finish and are recorded."""
-        if not self.stopped:
-            _release(self.jobs[self.next :], delay=delay, publish=publish)
-            self.next, self.stopped = len(self.jobs), True
-
-    def _finish_in_flight(self) -> None:
-        """After an error here, the conversations still on the wire are waited for and their
-        acceptances kept, so that none is sent again."""
-        for future, job in list(self.in_flight.items()):
-            try:
-                _settle_transmission(job, future.result(), self.accepted)
-            except Exception:
-                logger.exception("job %s: recording its attempt failed", job.pk)
-        self.in_flight.clear()
+        if self.stopped:
+            return
+        released = list(self.waiting)
+        self.waiting.clear()
+        self.stopped = True
+        _release(released, delay=delay, publish=publish)
+        for job in released:
+            self._done(job)
 
 
 def _wake_after_pause(job_id: int | None, wait: float) -> None:

@@ -133,3 +133,20 @@ def test_one_connection_keeps_the_batch_size_as_set(smtp, connections):
     assert delivery.deliver_due_jobs(job_id=jobs[0].pk) == 12
     claims = EmailJob.objects.values_list("claim_token", flat=True)
     assert sorted(Counter(claims).values()) == [2, 5, 5]
+
+
+def test_the_next_batch_goes_out_while_the_last_replies_of_one_are_awaited(smtp, connections):
+    connections(4, BATCH_SIZE=5)
+    smtp.accept_delay = 0.05
+    smtp.delays["user63@example.org"] = 1.5  # the last job of the first claim (64 jobs)
+    jobs = enqueue(80)
+    assert delivery.deliver_due_jobs(job_id=jobs[0].pk) == 80
+    sent = dict(EmailJob.objects.values_list("pk", "sent_at"))
+    first_claim, second_claim = jobs[:64], jobs[64:]
+    claims = Counter(EmailJob.objects.values_list("claim_token", flat=True))
+    slow_claim = EmailJob.objects.get(pk=first_claim[-1].pk).claim_token
+    assert claims[slow_claim] == 64 and sorted(claims.values()) == [16, 64]
+    # The second claim went out over the other connections while that one reply was awaited.
+    slow = sent[first_claim[-1].pk]
+    assert all(sent[job.pk] < slow for job in second_claim)
+    assert EmailJob.objects.filter(status=Status.SENT).count() == 80 == smtp.count()

@@ -36,6 +36,7 @@ class SinkHandler:
     data_replies: list[str] = field(default_factory=list)  # replies for the next DATA commands
     refused: dict[str, str] = field(default_factory=dict)  # recipient -> RCPT reply
     accept_delay: float = 0.0  # seconds to wait after storing, before replying 250
+    delays: dict[str, float] = field(default_factory=dict)  # recipient -> its own accept_delay
     greetings: int = 0  # EHLO/HELO commands seen: one per connection
     receiving: int = 0  # DATA commands being answered now
     most_at_once: int = 0  # the most DATA commands answered at the same time
@@ -47,6 +48,7 @@ class SinkHandler:
             self.data_replies.clear()
             self.refused.clear()
             self.accept_delay = 0.0
+            self.delays.clear()
             self.greetings = 0
             self.most_at_once = 0
 
@@ -70,9 +72,10 @@ class SinkHandler:
             )
             self.receiving += 1
             self.most_at_once = max(self.most_at_once, self.receiving)
+        delay = max((self.delays.get(r, self.accept_delay) for r in envelope.rcpt_tos), default=0)
         try:
-            if self.accept_delay:
-                await asyncio.sleep(self.accept_delay)
+            if delay:
+                await asyncio.sleep(delay)
         finally:
             with self.lock:
                 self.receiving -= 1
