@@ -118,8 +118,12 @@ def insert(jobs: list[EmailJob], rows: list[tuple], database) -> None:
     with database.cursor() as cursor:
         for start in range(0, len(rows), per_statement):
             batch = rows[start : start + per_statement]
+            # Kept: one row (send_mail()) and full statements. A full one is ~60 KB of text; the
+            # tails of bulk calls, of any length up to that, are built each time.
+            keep = len(batch) in (1, per_statement)
             cursor.execute(
-                _insert_sql(database, len(batch)), list(itertools.chain.from_iterable(batch))
+                _insert_sql(database, len(batch), keep=keep),
+                list(itertools.chain.from_iterable(batch)),
             )
             # Matched by Message-ID (unique): SQLite does not promise RETURNING's row order.
             ids = dict((message_id, pk) for pk, message_id in cursor.fetchall())
@@ -140,7 +144,7 @@ def _rows_per_statement(database) -> int:
 _statements: dict[tuple[str, int], str] = {}  # by database vendor and rows
 
 
-def _insert_sql(database, rows: int) -> str:
+def _insert_sql(database, rows: int, *, keep: bool) -> str:
     key = (database.vendor, rows)
     statement = _statements.get(key)
     if statement is None:
@@ -155,8 +159,6 @@ def _insert_sql(database, rows: int) -> str:
             f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * rows)} "  # noqa: S608
             f"RETURNING {pk}, {message_id}"
         )
-        # Kept: one row (send_mail()) and full statements. A full one is ~60 KB of text; the
-        # tails of bulk calls, of any length up to that, are built each time.
-        if rows == 1 or rows == _rows_per_statement(database):
+        if keep:
             _statements[key] = statement
     return statement

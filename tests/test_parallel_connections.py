@@ -1,6 +1,8 @@
 """EMAIL_SMTP_CONNECTIONS: a batch sent over several connections at once, against the real SMTP
 server, with every attempt recorded as it would be over one."""
 
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -99,9 +101,6 @@ def test_an_unreachable_server_pauses_once_whatever_was_on_the_wire(smtp, connec
 
 @pytest.mark.parametrize("value", ["0", "101", "-1"])
 def test_a_connection_count_out_of_range_is_refused_at_startup(value, tmp_path):
-    import subprocess
-    import sys
-
     result = subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
         env={
