@@ -7,6 +7,7 @@ process, one thread, no Celery worker: what it shows is the cost of our code, no
     .venv/bin/python benchmarks/profile_ours.py                # 1,000 messages
     .venv/bin/python benchmarks/profile_ours.py --messages 300 --top 15
     .venv/bin/python benchmarks/profile_ours.py --accept-delay 20 --connections 10   # a relay
+    .venv/bin/python benchmarks/profile_ours.py --database-url postgres://postgres@127.0.0.1:5432/postgres
 
 1. Each part of one send_mail(), timed alone (median of --messages calls, ms).
 2. cProfile of send_mail() --messages times (the broker's queue kept short, as when workers run).
@@ -28,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare
+import databases
 import throughput as tp
 from bench_driver import BODY, RECIPIENT, SENDER, SUBJECT
 
@@ -60,12 +62,19 @@ def main() -> int:
         "--accept-delay", type=float, default=0.0, help="ms before each 250 (aiosmtpd catcher)"
     )
     parser.add_argument("--connections", type=int, default=1, help="EMAIL_SMTP_CONNECTIONS")
+    parser.add_argument(
+        "--database-url",
+        help="postgres://USER@HOST:PORT/DB: profile on a fresh database created on that server "
+        "(dropped at the end) instead of a SQLite file",
+    )
     args = parser.parse_args()
     if not 1 <= args.messages <= 20_000:
         parser.error("--messages must be between 1 and 20000")
     workdir = Path(tempfile.mkdtemp(prefix="vertex-profile-"))
     catcher = None
+    server = databases.server(args.database_url)
     try:
+        database = server.new("profile", workdir / "profile.sqlite3")
         redis = tp.Redis(workdir)
         sink = None if args.accept_delay else compare.find_smtp_sink(None)
         catcher = (
@@ -74,7 +83,7 @@ def main() -> int:
         os.environ.update(
             {
                 "DJANGO_SETTINGS_MODULE": "vertex_email.settings",
-                "DATABASE_URL": f"sqlite:///{workdir / 'profile.sqlite3'}",
+                "DATABASE_URL": database.url,
                 "CELERY_BROKER_URL": redis.url,
                 "SMTP_HOST": tp.HOST,
                 "SMTP_PORT": str(catcher.smtp_port),
@@ -130,7 +139,8 @@ def main() -> int:
             "publishing.publish_jobs([id]): one send task": lambda: publishing.publish_jobs([0]),
             "send_mail(), all of it": lambda: send_mail(SUBJECT, BODY, SENDER, [RECIPIENT]),
         }
-        print(f"catcher {catcher.name}; {n} calls each, one thread, no worker running\n")
+        print(f"{server.summary}; catcher {catcher.name}")
+        print(f"{n} calls each, one thread, no worker running\n")
         print("1. Parts of one send_mail(), median ms")
         for name, function in parts.items():
             redis.client.delete(publishing.QUEUE)
@@ -175,6 +185,10 @@ def main() -> int:
         if catcher is not None:
             catcher.close()
         tp.end_all()
+        from django.db import connections
+
+        connections.close_all()
+        server.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

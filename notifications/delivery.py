@@ -13,9 +13,9 @@ server gives it (journal.py), so a crash can still repeat at most the one messag
 wire (one per connection).
 """
 
+import functools
 import logging
 import time
-import uuid
 from collections import Counter, defaultdict, deque
 from concurrent import futures
 from concurrent.futures import Future
@@ -27,6 +27,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from . import journal, metrics, publishing, throttle
+from .claiming import claim_jobs
 from .composition import wire_message
 from .conf import SmtpSettings, batch_size, get_smtp_settings, option
 from .exceptions import PermanentSendError, SendError, SmtpConfigurationError
@@ -37,89 +38,6 @@ from .smtp import get_client, sending_threads
 logger = logging.getLogger(__name__)
 Status = EmailJob.Status
 Outcome = EmailAttempt.Outcome
-SEND_FIELDS = (  # what sending reads: the envelope, and what wire_message() renders from
-    "pk",
-    "attempts",
-    "claim_token",
-    "envelope_from",
-    "envelope_recipients",
-    "mime_message",
-    "layout",
-    "from_email",
-    "to",
-    "cc",
-    "bcc",
-    "reply_to",
-    "subject",
-    "body",
-    "html_body",
-    "headers",
-    "message_id",
-    "created_at",
-)
-
-
-def claim_jobs(
-    *, job_id: int | None, now: datetime, limit: int, others: bool = True
-) -> list[EmailJob]:
-    """Claim `job_id` (if due) and, unless `others` is false, other due jobs, `limit` in all;
-    returns them, `job_id` first.
-
-    The conditional UPDATE (still `pending`, still due) is what claims. On PostgreSQL the pick
-    runs in the same transaction with FOR UPDATE SKIP LOCKED, so concurrent claimers skip each
-    other's rows. On SQLite, which lets one writer in at a time, the pick is read before the write
-    lock is taken: a claimer that finds nothing due takes no lock at all, and the lock is usually
-    held for one UPDATE only. A job another claimer took in between is not claimed; if all were
-    taken, the pick is made again under the lock.
-    """
-    token = uuid.uuid4().hex
-    due = EmailJob.objects.filter(status=Status.PENDING, next_attempt_at__lte=now).exclude(
-        expires_at__lte=now
-    )
-    if connection.features.has_select_for_update_skip_locked:
-        with transaction.atomic():
-            ids = _pick(due, job_id=job_id, limit=limit, others=others, skip_locked=True)
-            _mark_claimed(due, ids, token, now)
-    else:
-        ids = _pick(due, job_id=job_id, limit=limit, others=others, skip_locked=False)
-        if ids:
-            with transaction.atomic():
-                if not _mark_claimed(due, ids, token, now):
-                    # Other claimers took them all since the read: pick again, under the lock,
-                    # so that claimers racing for the same jobs don't spin.
-                    ids = _pick(due, job_id=job_id, limit=limit, others=others, skip_locked=False)
-                    _mark_claimed(due, ids, token, now)
-    if not ids:
-        return []
-    claimed = {
-        job.pk: job
-        for job in EmailJob.objects.filter(pk__in=ids, claim_token=token).only(*SEND_FIELDS)
-    }
-    return [claimed[pk] for pk in ids if pk in claimed]
-
-
-def _pick(due, *, job_id: int | None, limit: int, others: bool, skip_locked: bool) -> list[int]:
-    """Ids of due jobs to claim: `job_id` first, then by priority and waiting time."""
-    ids = list(due.filter(pk=job_id).values_list("pk", flat=True)) if job_id else []
-    if others and limit > len(ids):
-        candidates = due.exclude(pk__in=ids).order_by("priority", "next_attempt_at", "pk")
-        if skip_locked:
-            candidates = candidates.select_for_update(skip_locked=True, of=("self",))
-        ids += list(candidates.values_list("pk", flat=True)[: limit - len(ids)])
-    return ids
-
-
-def _mark_claimed(due, ids: list[int], token: str, now: datetime) -> int:
-    """Claim those of `ids` still due and pending; returns how many."""
-    if not ids:
-        return 0
-    return due.filter(pk__in=ids).update(
-        status=Status.SENDING,
-        attempts=F("attempts") + 1,
-        lease_expires_at=now + timedelta(seconds=option("LEASE_SECONDS")),
-        claim_token=token,
-        updated_at=now,
-    )
 
 
 def deliver_job(*, job_id: int) -> str | None:
@@ -462,7 +380,7 @@ def settle_accepted(
     now = timezone.now()
     # Everything but the statements is built before the transaction: on SQLite it holds the one
     # write lock, which producers wait for.
-    updates = {a.job_id: _settle_sent_params(a, claim_token, now) for a in accepted}
+    rows = [_sent_row(acceptance) for acceptance in accepted]
     attempts = {
         acceptance.job_id: EmailAttempt(
             job_id=acceptance.job_id,
@@ -476,15 +394,8 @@ def settle_accepted(
         for acceptance in accepted
     }
     with transaction.atomic():
-        held = set(
-            EmailJob.objects.filter(
-                pk__in=list(updates), status=Status.SENDING, claim_token=claim_token
-            ).values_list("pk", flat=True)
-        )
+        held = _mark_sent(rows, claim_token, now)
         settled = [acceptance for acceptance in accepted if acceptance.job_id in held]
-        if settled:
-            with connection.cursor() as cursor:
-                cursor.executemany(_settle_sent_sql(), [updates[a.job_id] for a in settled])
         # The attempt happened either way; a taken-over one may already be recorded by the
         # sweeper, from the journal.
         unrecorded = settled + _unrecorded([a for a in accepted if a.job_id not in held])
@@ -517,43 +428,68 @@ def _unrecorded(accepted: list[journal.Acceptance]) -> list[journal.Acceptance]:
     return [a for a in accepted if (a.job_id, a.attempt) not in recorded]
 
 
-SENT_COLUMNS = (
-    "status",
-    "lease_expires_at",
-    "last_smtp_code",
-    "last_error",
-    "updated_at",
-    "sent_at",
-    "smtp_response",
-    "refused_recipients",
-)
+SENT_ROWS_PER_STATEMENT = 1000  # 6 parameters a row: within SQLite's 32,766 and PostgreSQL's 65,535
+# Each sent job's own values, and their column types for PostgreSQL, which would take untyped
+# VALUES as text; SQLite needs none.
+SENT_VALUES = {
+    "job": "bigint",
+    "code": "integer",
+    "error": "text",
+    "sent": "timestamptz",
+    "response": "text",
+    "refused": "jsonb",
+}
 
 
-def _settle_sent_sql() -> str:
+def _mark_sent(rows: list[tuple], claim_token: str, now: datetime) -> set[int]:
+    """Mark sent the jobs of these rows (from _sent_row) still held by the claim; returns their
+    ids. One UPDATE statement for a batch, fenced by status and claim token, instead of one a job
+    (executemany) and a SELECT of those still held."""
+    adapt = connection.ops.adapt_datetimefield_value
+    held = set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), SENT_ROWS_PER_STATEMENT):
+            batch = rows[start : start + SENT_ROWS_PER_STATEMENT]
+            params = [value for row in batch for value in row]
+            params += [Status.SENT.value, adapt(now), Status.SENDING.value, claim_token]
+            cursor.execute(_mark_sent_sql(len(batch), connection.vendor), params)
+            held.update(pk for (pk,) in cursor.fetchall())
+    return held
+
+
+@functools.lru_cache(maxsize=8)
+def _mark_sent_sql(rows: int, vendor: str) -> str:
     quote, meta = connection.ops.quote_name, EmailJob._meta
-    assignments = ", ".join(f"{quote(meta.get_field(name).column)} = %s" for name in SENT_COLUMNS)
-    fence = " AND ".join(
-        f"{quote(meta.get_field(name).column)} = %s" for name in ("id", "status", "claim_token")
-    )
+    column = {field.name: quote(field.column) for field in meta.concrete_fields}
+    if vendor == "postgresql":
+        row = ", ".join(f"%s::{kind}" for kind in SENT_VALUES.values())
+    else:
+        row = ", ".join(["%s"] * len(SENT_VALUES))
+    table = quote(meta.db_table)
     # Only our own quoted table and column names go into the text; every value is a parameter.
-    return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {fence}"  # noqa: S608 - see above
+    return (
+        f"WITH sent ({', '.join(SENT_VALUES)}) AS (VALUES {', '.join([f'({row})'] * rows)}) "  # noqa: S608
+        f"UPDATE {table} SET {column['status']} = %s, {column['lease_expires_at']} = NULL, "
+        f"{column['last_smtp_code']} = sent.code, {column['last_error']} = sent.error, "
+        f"{column['updated_at']} = %s, {column['sent_at']} = sent.sent, "
+        f"{column['smtp_response']} = sent.response, "
+        f"{column['refused_recipients']} = sent.refused "
+        f"FROM sent WHERE {table}.{column['id']} = sent.job AND {table}.{column['status']} = %s "
+        f"AND {table}.{column['claim_token']} = %s RETURNING {column['id']}"
+    )
 
 
-def _settle_sent_params(acceptance: journal.Acceptance, claim_token: str, now: datetime) -> list:
-    values = {
-        "status": Status.SENT.value,
-        "lease_expires_at": None,
-        "last_smtp_code": _reply_code(acceptance.response),
-        "last_error": _refusal_summary(acceptance.refused),
-        "updated_at": now,
-        "sent_at": acceptance.sent_at,
-        "smtp_response": acceptance.response,
-        "refused_recipients": acceptance.refused,
-    }
-    meta = EmailJob._meta
-    return [
-        meta.get_field(name).get_db_prep_save(values[name], connection) for name in SENT_COLUMNS
-    ] + [acceptance.job_id, Status.SENDING.value, claim_token]
+def _sent_row(acceptance: journal.Acceptance) -> tuple:
+    """The values SENT_VALUES names, prepared for the database as the ORM would."""
+    field = EmailJob._meta.get_field
+    return (
+        acceptance.job_id,
+        _reply_code(acceptance.response),
+        _refusal_summary(acceptance.refused),
+        field("sent_at").get_db_prep_save(acceptance.sent_at, connection),
+        acceptance.response,
+        field("refused_recipients").get_db_prep_save(acceptance.refused, connection),
+    )
 
 
 def _reply_code(response: str) -> int | None:

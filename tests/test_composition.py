@@ -9,7 +9,7 @@ from django.core.mail import EmailMessage, EmailMultiAlternatives
 from django.core.mail import message as django_message
 from django.utils import timezone
 
-from notifications import composition, delivery
+from notifications import claiming, composition
 from notifications.composition import job_fields, wire_message
 from notifications.exceptions import EmailRejected
 from notifications.models import EmailJob
@@ -147,7 +147,7 @@ def test_the_date_is_the_enqueue_time_and_the_size_that_of_the_text():
 
 def test_the_columns_the_worker_loads_are_all_it_renders_from(django_assert_num_queries):
     job = stored(with_html("<p>x</p>", subject="s", body="b", from_email=FROM, to=TO, cc=TO))
-    loaded = EmailJob.objects.only(*delivery.SEND_FIELDS).get(pk=job.pk)
+    loaded = EmailJob.objects.only(*claiming.SEND_FIELDS).get(pk=job.pk)
     random.seed(7)
     expected = wire_message(job)
     random.seed(7)  # the same multipart boundary

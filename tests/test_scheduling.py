@@ -6,7 +6,7 @@ import pytest
 from django.core.mail import EmailMessage
 from django.utils import timezone
 
-from notifications import delivery, services
+from notifications import claiming, services
 from notifications.exceptions import EmailRejected
 from notifications.models import EmailJob
 from tests.factories import make_message
@@ -19,13 +19,13 @@ def test_a_high_priority_job_is_claimed_before_a_backlog(broker):
     urgent = make_message(999, subject="Password reset")
     urgent.priority = "high"
     services.enqueue_email(message=urgent)
-    claimed = delivery.claim_jobs(job_id=None, now=timezone.now(), limit=5)
+    claimed = claiming.claim_jobs(job_id=None, now=timezone.now(), limit=5)
     assert claimed[0].pk == EmailJob.objects.get(subject="Password reset").pk
 
 
 def test_the_task_s_own_job_goes_first_whatever_else_is_due(broker):
     jobs = services.enqueue_emails(messages=[make_message(i) for i in range(10)])
-    claimed = delivery.claim_jobs(job_id=jobs[7].pk, now=timezone.now(), limit=3)
+    claimed = claiming.claim_jobs(job_id=jobs[7].pk, now=timezone.now(), limit=3)
     assert [job.pk for job in claimed] == [jobs[7].pk, jobs[0].pk, jobs[1].pk]
 
 
@@ -33,10 +33,10 @@ def test_a_scheduled_job_waits_for_its_time(broker):
     later = timezone.now() + timedelta(minutes=10)
     job = services.enqueue_email(message=make_message(), send_at=later)
     assert job.next_attempt_at == later
-    assert delivery.claim_jobs(job_id=job.pk, now=timezone.now(), limit=10) == []
+    assert claiming.claim_jobs(job_id=job.pk, now=timezone.now(), limit=10) == []
     assert broker.client().llen("email") == 0  # 10 minutes is past the countdown horizon
     assert services.recover_jobs(now=later + timedelta(minutes=2))["republished"] == 1
-    claimed = delivery.claim_jobs(job_id=job.pk, now=later + timedelta(seconds=1), limit=1)
+    claimed = claiming.claim_jobs(job_id=job.pk, now=later + timedelta(seconds=1), limit=1)
     assert [j.pk for j in claimed] == [job.pk]
 
 
@@ -49,7 +49,7 @@ def test_an_expired_job_is_cancelled_not_sent(broker):
     soon = timezone.now() + timedelta(seconds=5)
     job = services.enqueue_email(message=make_message(), expires_at=soon)
     after = soon + timedelta(seconds=1)
-    assert delivery.claim_jobs(job_id=job.pk, now=after, limit=1) == []
+    assert claiming.claim_jobs(job_id=job.pk, now=after, limit=1) == []
     assert services.recover_jobs(now=after)["expired"] == 1
     job.refresh_from_db()
     assert job.status == EmailJob.Status.CANCELLED

@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from notifications import delivery, journal, metrics, publishing, services
+from notifications import claiming, delivery, journal, metrics, publishing, services
 from notifications.models import EmailAttempt, EmailJob
 from tests.factories import EmailJobFactory
 from tests.support.processes import free_port
@@ -31,39 +31,39 @@ def test_a_job_is_claimed_once_and_sent_once(smtp, broker):
 def test_claim_is_exclusive():
     job = EmailJobFactory()
     now = timezone.now()
-    assert delivery.claim_jobs(job_id=job.pk, now=now, limit=1)
-    assert delivery.claim_jobs(job_id=job.pk, now=now, limit=1) == []
+    assert claiming.claim_jobs(job_id=job.pk, now=now, limit=1)
+    assert claiming.claim_jobs(job_id=job.pk, now=now, limit=1) == []
     job.refresh_from_db()
     assert (job.status, job.attempts) == (Status.SENDING, 1)
 
 
 def test_a_claimer_whose_picked_jobs_were_taken_claims_the_next_ones(monkeypatch):
+    if connection.features.has_select_for_update_skip_locked:
+        pytest.skip("PostgreSQL picks and claims in one statement: no read to race with")
     first, second = EmailJobFactory(index=1), EmailJobFactory(index=2)
     now = timezone.now()
-    real_pick, picks = delivery._pick, []
+    real_pick, picks = claiming._pick, []
 
     def pick_then_lose_the_race(*args, **kwargs):
         ids = real_pick(*args, **kwargs)
         picks.append(ids)
         if len(picks) == 1:  # another claimer takes what we picked before our UPDATE runs
-            monkeypatch.setattr(delivery, "_pick", real_pick)
-            assert [job.pk for job in delivery.claim_jobs(job_id=None, now=now, limit=1)] == ids
-            monkeypatch.setattr(delivery, "_pick", pick_then_lose_the_race)
+            monkeypatch.setattr(claiming, "_pick", real_pick)
+            assert [job.pk for job in claiming.claim_jobs(job_id=None, now=now, limit=1)] == ids
+            monkeypatch.setattr(claiming, "_pick", pick_then_lose_the_race)
         return ids
 
-    monkeypatch.setattr(delivery, "_pick", pick_then_lose_the_race)
-    claimed = delivery.claim_jobs(job_id=None, now=now, limit=1)
+    monkeypatch.setattr(claiming, "_pick", pick_then_lose_the_race)
+    claimed = claiming.claim_jobs(job_id=None, now=now, limit=1)
     assert picks[0] == [first.pk]
-    if connection.features.has_select_for_update_skip_locked:
-        assert claimed == []  # PostgreSQL: pick and UPDATE are one transaction; no second pick
-    else:  # SQLite: the pick was a plain read, so it is made again under the lock
-        assert [job.pk for job in claimed] == [second.pk]
+    # The pick was a plain read, so it is made again under the lock.
+    assert [job.pk for job in claimed] == [second.pk]
     assert set(EmailJob.objects.values_list("attempts", flat=True)) <= {0, 1}
 
 
 def test_a_job_not_yet_due_is_not_claimed():
     job = EmailJobFactory(next_attempt_at=timezone.now() + timedelta(minutes=5))
-    assert delivery.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1) == []
+    assert claiming.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1) == []
 
 
 def test_451_sets_the_job_back_to_pending_with_the_next_delay(smtp, broker, settings):
@@ -105,7 +105,7 @@ def test_smtp_server_down_is_transient(smtp, broker, settings):
 
 def test_expired_lease_returns_the_job_and_records_the_lost_attempt(broker):
     job = EmailJobFactory()
-    delivery.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1)
+    claiming.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1)
     result = services.recover_jobs(now=timezone.now() + timedelta(minutes=5))
     assert result == {"released": 1, "settled": 0, "republished": 0, "expired": 0}
     job.refresh_from_db()
@@ -167,7 +167,7 @@ def test_without_redis_for_the_journal_each_job_is_settled_at_once(smtp, broker,
 
 def test_expired_leases_wait_while_the_journal_cannot_be_read(broker, settings):
     job = EmailJobFactory()
-    delivery.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1)
+    claiming.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1)
     settings.EMAIL_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
     result = services.recover_jobs(now=timezone.now() + timedelta(minutes=5))
     assert result["released"] == 0 and result["settled"] == 0
@@ -178,7 +178,7 @@ def test_expired_leases_wait_while_the_journal_cannot_be_read(broker, settings):
 
 def test_a_live_lease_is_left_alone(broker):
     job = EmailJobFactory()
-    delivery.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1)
+    claiming.claim_jobs(job_id=job.pk, now=timezone.now(), limit=1)
     assert services.recover_jobs() == {"released": 0, "settled": 0, "republished": 0, "expired": 0}
     job.refresh_from_db()
     assert job.status == Status.SENDING
