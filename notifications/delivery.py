@@ -13,7 +13,6 @@ server gives it (journal.py), so a crash can still repeat at most the one messag
 wire (one per connection).
 """
 
-import functools
 import logging
 import time
 from collections import Counter, defaultdict, deque
@@ -22,17 +21,18 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import journal, metrics, publishing, throttle
+from . import journal, metrics, publishing, settling, throttle
 from .claiming import claim_jobs
 from .composition import wire_message
 from .conf import SmtpSettings, batch_size, get_smtp_settings, option
 from .exceptions import PermanentSendError, SendError, SmtpConfigurationError
 from .models import EmailAttempt, EmailJob
 from .retry import retry_delay, should_retry
+from .settling import refusal_summary, reply_code
 from .smtp import get_client, sending_threads
 
 logger = logging.getLogger(__name__)
@@ -368,132 +368,49 @@ def _wire_bytes(job: EmailJob) -> bytes:
 def settle_accepted(
     claim_token: str, accepted: list[journal.Acceptance], *, journaled: bool = True
 ) -> int:
-    """Record jobs of one claim that the server accepted as sent, in one transaction; returns
-    how many were still held by that claim.
+    """Record jobs of one claim that the server accepted as sent; returns how many were still
+    held by that claim.
 
-    One UPDATE statement run per job (executemany), fenced by status and claim token, and one
-    INSERT of all their attempts: per message, about a tenth of what an ORM update and a
-    transaction of its own cost. A job no longer held keeps what its new holder wrote.
+    One statement for the batch (settling.py): per message, a small part of what an ORM update
+    and a transaction of its own cost. A job no longer held keeps what its new holder wrote.
     """
     if not accepted:
         return 0
-    now = timezone.now()
-    # Everything but the statements is built before the transaction: on SQLite it holds the one
-    # write lock, which producers wait for.
-    rows = [_sent_row(acceptance) for acceptance in accepted]
-    attempts = {
-        acceptance.job_id: EmailAttempt(
-            job_id=acceptance.job_id,
-            number=acceptance.attempt,
-            started_at=acceptance.started_at,
-            duration_seconds=acceptance.duration,
-            outcome=Outcome.SENT,
-            smtp_code=_reply_code(acceptance.response),
-            error=_refusal_summary(acceptance.refused),
-        )
-        for acceptance in accepted
-    }
-    with transaction.atomic():
-        held = _mark_sent(rows, claim_token, now)
-        settled = [acceptance for acceptance in accepted if acceptance.job_id in held]
-        # The attempt happened either way; a taken-over one may already be recorded by the
-        # sweeper, from the journal.
-        unrecorded = settled + _unrecorded([a for a in accepted if a.job_id not in held])
-        if unrecorded:
-            EmailAttempt.objects.bulk_create(attempts[a.job_id] for a in unrecorded)
-    metrics.observe_attempts([(Outcome.SENT, acceptance.duration) for acceptance in settled])
+    held = settling.record_sent(claim_token, accepted, timezone.now())
+    taken_over = [acceptance for acceptance in accepted if acceptance.job_id not in held]
+    if taken_over:
+        # The attempt happened either way; the sweeper may have recorded it from the journal.
+        with transaction.atomic():
+            EmailAttempt.objects.bulk_create(map(settling.attempt, _unrecorded(taken_over)))
+    metrics.observe_attempts(
+        [
+            (Outcome.SENT, acceptance.duration)
+            for acceptance in accepted
+            if acceptance.job_id in held
+        ]
+    )
     for acceptance in accepted:
         _log_attempt(
             acceptance.job_id,
             acceptance.attempt,
             Outcome.SENT,
-            _reply_code(acceptance.response),
+            reply_code(acceptance.response),
             acceptance.duration,
-            _refusal_summary(acceptance.refused),
+            refusal_summary(acceptance.refused),
             held=acceptance.job_id in held,
         )
     if journaled:
         journal.forget(claim_token, [acceptance.job_id for acceptance in accepted])
-    return len(settled)
+    return len(held)
 
 
 def _unrecorded(accepted: list[journal.Acceptance]) -> list[journal.Acceptance]:
-    if not accepted:
-        return []
     recorded = set(
         EmailAttempt.objects.filter(
             job_id__in=[acceptance.job_id for acceptance in accepted], outcome=Outcome.SENT
         ).values_list("job_id", "number")
     )
     return [a for a in accepted if (a.job_id, a.attempt) not in recorded]
-
-
-SENT_ROWS_PER_STATEMENT = 1000  # 6 parameters a row: within SQLite's 32,766 and PostgreSQL's 65,535
-# Each sent job's own values, and their column types for PostgreSQL, which would take untyped
-# VALUES as text; SQLite needs none.
-SENT_VALUES = {
-    "job": "bigint",
-    "code": "integer",
-    "error": "text",
-    "sent": "timestamptz",
-    "response": "text",
-    "refused": "jsonb",
-}
-
-
-def _mark_sent(rows: list[tuple], claim_token: str, now: datetime) -> set[int]:
-    """Mark sent the jobs of these rows (from _sent_row) still held by the claim; returns their
-    ids. One UPDATE statement for a batch, fenced by status and claim token, instead of one a job
-    (executemany) and a SELECT of those still held."""
-    adapt = connection.ops.adapt_datetimefield_value
-    held = set()
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), SENT_ROWS_PER_STATEMENT):
-            batch = rows[start : start + SENT_ROWS_PER_STATEMENT]
-            params = [value for row in batch for value in row]
-            params += [Status.SENT.value, adapt(now), Status.SENDING.value, claim_token]
-            cursor.execute(_mark_sent_sql(len(batch), connection.vendor), params)
-            held.update(pk for (pk,) in cursor.fetchall())
-    return held
-
-
-@functools.lru_cache(maxsize=8)
-def _mark_sent_sql(rows: int, vendor: str) -> str:
-    quote, meta = connection.ops.quote_name, EmailJob._meta
-    column = {field.name: quote(field.column) for field in meta.concrete_fields}
-    if vendor == "postgresql":
-        row = ", ".join(f"%s::{kind}" for kind in SENT_VALUES.values())
-    else:
-        row = ", ".join(["%s"] * len(SENT_VALUES))
-    table = quote(meta.db_table)
-    # Only our own quoted table and column names go into the text; every value is a parameter.
-    return (
-        f"WITH sent ({', '.join(SENT_VALUES)}) AS (VALUES {', '.join([f'({row})'] * rows)}) "  # noqa: S608
-        f"UPDATE {table} SET {column['status']} = %s, {column['lease_expires_at']} = NULL, "
-        f"{column['last_smtp_code']} = sent.code, {column['last_error']} = sent.error, "
-        f"{column['updated_at']} = %s, {column['sent_at']} = sent.sent, "
-        f"{column['smtp_response']} = sent.response, "
-        f"{column['refused_recipients']} = sent.refused "
-        f"FROM sent WHERE {table}.{column['id']} = sent.job AND {table}.{column['status']} = %s "
-        f"AND {table}.{column['claim_token']} = %s RETURNING {column['id']}"
-    )
-
-
-def _sent_row(acceptance: journal.Acceptance) -> tuple:
-    """The values SENT_VALUES names, prepared for the database as the ORM would."""
-    field = EmailJob._meta.get_field
-    return (
-        acceptance.job_id,
-        _reply_code(acceptance.response),
-        _refusal_summary(acceptance.refused),
-        field("sent_at").get_db_prep_save(acceptance.sent_at, connection),
-        acceptance.response,
-        field("refused_recipients").get_db_prep_save(acceptance.refused, connection),
-    )
-
-
-def _reply_code(response: str) -> int | None:
-    return int(response[:3]) if response[:3].isdigit() else None
 
 
 def _settle_failure(job: EmailJob, error: SendError, started_at: datetime, duration: float) -> str:
@@ -604,10 +521,6 @@ def _log_attempt(
     )
     if not held:
         logger.warning("job %s was taken over while attempt %s ran", job_id, attempt)
-
-
-def _refusal_summary(refused: dict) -> str:
-    return "; ".join(f"{address}: {code} {text}" for address, (code, text) in refused.items())
 
 
 def _republish_if_early(job_id: int | None) -> None:
