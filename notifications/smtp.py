@@ -4,6 +4,7 @@ classification."""
 import contextlib
 import logging
 import os
+import re
 import smtplib
 import socket
 import ssl
@@ -163,31 +164,48 @@ class SmtpClient:
     def _transaction(
         self, smtp: smtplib.SMTP, envelope_from: str, recipients: list[str], message: bytes
     ) -> SendResult:
-        """MAIL, RCPT and DATA, as smtplib.sendmail does, but knowing how far we got."""
+        """MAIL, RCPT and DATA, as smtplib.sendmail does, but knowing how far we got: a failure
+        before the content goes out leaves the server with nothing of this message."""
         try:
             smtp.ehlo_or_helo_if_needed()
             options = [f"size={len(message)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
-            code, reply = smtp.mail(envelope_from, options)
+            if smtp.does_esmtp and smtp.has_extn("pipelining"):
+                mail, rcpts, data = _pipelined_envelope(smtp, envelope_from, options, recipients)
+            else:
+                mail, rcpts, data = _envelope(smtp, envelope_from, options, recipients)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             if isinstance(exc, smtplib.SMTPResponseException):
                 raise
             raise _BeforeData() from exc
-        if code != 250:
-            self._reset(smtp)
-            raise classify(smtplib.SMTPSenderRefused(code, reply, envelope_from))
-        refused = {}
-        for recipient in recipients:
-            code, reply = smtp.rcpt(recipient)
-            if code not in (250, 251):
-                refused[recipient] = (code, _text(reply))
+        if mail[0] != 250:
+            self._abandon(smtp, data)
+            raise classify(smtplib.SMTPSenderRefused(*mail, envelope_from))
+        refused = {
+            recipient: (code, _text(reply))
+            for recipient, (code, reply) in zip(recipients, rcpts, strict=True)
+            if code not in (250, 251)
+        }
         if len(refused) == len(recipients):
-            self._reset(smtp)
+            self._abandon(smtp, data)
             raise classify(smtplib.SMTPRecipientsRefused(refused))
-        code, reply = smtp.data(message)
+        if data[0] != 354:
+            self._reset(smtp)
+            raise classify(smtplib.SMTPDataError(*data))
+        smtp.send(_data_block(message))
+        code, reply = smtp.getreply()
         if code != 250:
             self._reset(smtp)
             raise _by_code(code, _text(reply))
         return SendResult(response=f"{code} {_text(reply)}", refused=refused)
+
+    def _abandon(self, smtp: smtplib.SMTP, data: tuple[int, bytes] | None) -> None:
+        """End a refused transaction. A server that took DATA anyway (pipelined, after every
+        recipient was refused) gets an empty message, which goes to nobody (RFC 2920 3.1)."""
+        if data is not None and data[0] == 354:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                smtp.send(b".\r\n")
+                smtp.getreply()
+        self._reset(smtp)
 
     @staticmethod
     def _reset(smtp: smtplib.SMTP) -> None:
@@ -205,6 +223,53 @@ def _starttls(smtp: smtplib.SMTP) -> None:
             "SMTP_USE_TLS and the port (587 is STARTTLS, 465 is SSL)",
             code=exc.smtp_code,
         ) from exc
+
+
+Reply = tuple[int, bytes]
+
+
+def _envelope(
+    smtp: smtplib.SMTP, envelope_from: str, options: list[str], recipients: list[str]
+) -> tuple[Reply, list[Reply], Reply | None]:
+    """One command at a time, each awaiting its reply: MAIL, each RCPT, then DATA unless MAIL or
+    every RCPT was refused. Returns their replies (DATA's None when it was not sent)."""
+    mail = smtp.mail(envelope_from, options)
+    if mail[0] != 250:
+        return mail, [], None
+    rcpts = [smtp.rcpt(recipient) for recipient in recipients]
+    if not any(code in (250, 251) for code, _ in rcpts):
+        return mail, rcpts, None
+    smtp.putcmd("data")
+    return mail, rcpts, smtp.getreply()
+
+
+def _pipelined_envelope(
+    smtp: smtplib.SMTP, envelope_from: str, options: list[str], recipients: list[str]
+) -> tuple[Reply, list[Reply], Reply]:
+    """MAIL, every RCPT and DATA in one write, then their replies in order (RFC 2920, for a
+    server that offers PIPELINING): two round trips a message instead of three and one a
+    recipient. Against a relay 20 ms away that is 40 ms instead of 80 for a message to one."""
+    option_list = "".join(f" {option}" for option in options)
+    commands = [f"mail FROM:{smtplib.quoteaddr(envelope_from)}{option_list}"]
+    commands += [f"rcpt TO:{smtplib.quoteaddr(recipient)}" for recipient in recipients]
+    commands.append("data")
+    if any("\r" in command or "\n" in command for command in commands):
+        raise ValueError("a line break in an SMTP command (addresses are checked at enqueue)")
+    smtp.send("".join(f"{command}\r\n" for command in commands))
+    mail = smtp.getreply()
+    rcpts = [smtp.getreply() for _ in recipients]
+    return mail, rcpts, smtp.getreply()
+
+
+def _data_block(message: bytes) -> bytes:
+    """The message as DATA carries it: a leading dot doubled, then CRLF . CRLF (smtplib.data)."""
+    block = LEADING_DOT.sub(b"..", message)
+    if not block.endswith(b"\r\n"):
+        block += b"\r\n"
+    return block + b".\r\n"
+
+
+LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 class _BeforeData(Exception):

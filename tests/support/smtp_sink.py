@@ -35,11 +35,15 @@ class SinkHandler:
     messages: list[Received] = field(default_factory=list)
     data_replies: list[str] = field(default_factory=list)  # replies for the next DATA commands
     refused: dict[str, str] = field(default_factory=dict)  # recipient -> RCPT reply
+    refused_senders: dict[str, str] = field(default_factory=dict)  # sender -> MAIL reply
     accept_delay: float = 0.0  # seconds to wait after storing, before replying 250
     delays: dict[str, float] = field(default_factory=dict)  # recipient -> its own accept_delay
     greetings: int = 0  # EHLO/HELO commands seen: one per connection
     receiving: int = 0  # DATA commands being answered now
     most_at_once: int = 0  # the most DATA commands answered at the same time
+    # Offered in the EHLO reply, as Postfix, Exim and the big providers do; aiosmtpd reads
+    # commands from the stream one at a time, so pipelined ones are answered in order.
+    pipelining: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -47,15 +51,26 @@ class SinkHandler:
             self.messages.clear()
             self.data_replies.clear()
             self.refused.clear()
+            self.refused_senders.clear()
             self.accept_delay = 0.0
             self.delays.clear()
             self.greetings = 0
             self.most_at_once = 0
+            self.pipelining = True
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         self.greetings += 1
+        if self.pipelining:  # before the last line, "250 HELP"
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if address in self.refused_senders:
+            return self.refused_senders[address]
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address in self.refused:
