@@ -15,6 +15,8 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.db import connection, transaction
+from django.db.models import Field
+from django.db.models.sql import Query
 
 from .conf import option
 from .models import EmailJob
@@ -43,6 +45,14 @@ SEND_FIELDS = (  # what sending reads: the envelope, and what wire_message() ren
 QUEUE_ORDER = ("priority", "next_attempt_at", "id")  # highest priority, longest waiting first
 
 
+@functools.cache
+def _returned() -> tuple[Field, ...]:
+    """What a claim returns: what sending reads, and the queue's order to sort by; in the
+    model's order, as Model.from_db takes values."""
+    wanted = {*SEND_FIELDS, *QUEUE_ORDER}
+    return tuple(field for field in EmailJob._meta.concrete_fields if field.name in wanted)
+
+
 def claim_jobs(
     *, job_id: int | None, now: datetime, limit: int, others: bool = True
 ) -> list[EmailJob]:
@@ -51,24 +61,28 @@ def claim_jobs(
     others_limit = limit if others else 0
     if connection.features.has_select_for_update_skip_locked:
         before = [job_id, *_due(now), job_id, *_due(now), others_limit]
-        jobs = _claimed(_pick_and_claim_sql(), now, before=before, after=[limit])
-        return sorted(jobs, key=lambda job: (job.pk != job_id, _queue_key(job)))
+        rows = _claimed(_pick_and_claim_sql(), now, before=before, after=[limit])
+        pk, order = _position("id"), [_position(name) for name in QUEUE_ORDER]
+        rows.sort(key=lambda row: (row[pk] != job_id, *(row[i] for i in order)))
+        return _jobs(rows)
     ids = _pick(job_id=job_id, now=now, limit=limit, others=others)
     if not ids:
         return []
-    with transaction.atomic():
-        jobs = _claimed(_claim_ids_sql(len(ids)), now, after=[*ids, *_due(now)])
-        if not jobs:
+    with transaction.atomic():  # SQLite's write lock: the rows are made into jobs after it
+        rows = _claimed(_claim_ids_sql(len(ids)), now, after=[*ids, *_due(now)])
+        if not rows:
             # Other claimers took them all since the read: pick again, under the lock, so that
             # claimers racing for the same jobs don't spin.
             ids = _pick(job_id=job_id, now=now, limit=limit, others=others)
-            jobs = _claimed(_claim_ids_sql(len(ids)), now, after=[*ids, *_due(now)]) if ids else []
-    place = {pk: i for i, pk in enumerate(ids)}
-    return sorted(jobs, key=lambda job: place[job.pk])
+            rows = _claimed(_claim_ids_sql(len(ids)), now, after=[*ids, *_due(now)]) if ids else []
+    place, pk = {job_id: i for i, job_id in enumerate(ids)}, _position("id")
+    rows.sort(key=lambda row: place[row[pk]])
+    return _jobs(rows)
 
 
-def _queue_key(job: EmailJob) -> tuple:
-    return job.priority, job.next_attempt_at, job.pk
+def _position(name: str) -> int:
+    """Where the field `name` is in a claimed row."""
+    return [field.name for field in _returned()].index(name)
 
 
 def _pick(*, job_id: int | None, now: datetime, limit: int, others: bool) -> list[int]:
@@ -83,13 +97,31 @@ def _pick(*, job_id: int | None, now: datetime, limit: int, others: bool) -> lis
     return ids
 
 
-def _claimed(sql: str, now: datetime, *, before: tuple = (), after: tuple = ()) -> list[EmailJob]:
-    """Run a claiming UPDATE; `before` and `after` are the parameters around its SET's."""
+def _claimed(sql: str, now: datetime, *, before: tuple = (), after: tuple = ()) -> list[tuple]:
+    """Run a claiming UPDATE; `before` and `after` are the parameters around its SET's.
+    Returns the claimed rows as the database gives them."""
     token = uuid.uuid4().hex
     lease_expires_at = now + timedelta(seconds=option("LEASE_SECONDS"))
     adapt = connection.ops.adapt_datetimefield_value
     params = [*before, Status.SENDING.value, adapt(lease_expires_at), token, adapt(now), *after]
-    return list(EmailJob.objects.raw(sql, params))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _jobs(rows: list[tuple]) -> list[EmailJob]:
+    """EmailJobs from claimed rows, their values converted by their fields as the ORM converts
+    fetched rows (as QuerySet.raw() does it)."""
+    if not rows:
+        return []
+    fields = _returned()
+    compiler = Query(EmailJob).get_compiler(connection=connection)
+    table = EmailJob._meta.db_table
+    converters = compiler.get_converters([field.get_col(table) for field in fields])
+    if converters:
+        rows = compiler.apply_converters(rows, converters)
+    names = [field.attname for field in fields]
+    return [EmailJob.from_db(connection.alias, names, row) for row in rows]
 
 
 def _due(now: datetime) -> list:
@@ -116,10 +148,7 @@ def _names() -> dict[str, str]:
         "id": columns["id"],
         "order": ", ".join(columns[name] for name in QUEUE_ORDER),
         "others_order": ", ".join(f"others.{columns[name]}" for name in QUEUE_ORDER),
-        # The queue's order comes back too, to sort the claimed jobs by.
-        "returning": ", ".join(
-            columns[name] for name in (*SEND_FIELDS, "priority", "next_attempt_at")
-        ),
+        "returning": ", ".join(columns[field.name] for field in _returned()),
     }
 
 
