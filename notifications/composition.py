@@ -336,6 +336,14 @@ def wire_message(job: EmailJob) -> bytes:
         date = formatdate(job.created_at.timestamp(), localtime=settings.EMAIL_USE_LOCALTIME)
         headers = {"Date": date, **headers}
     headers["Message-ID"] = job.message_id
+    if job.layout == Layout.PLAIN:
+        quick = plain_text_bytes(job, headers)
+        if quick is not None:
+            return quick
+    return rendered_by_django(job, headers)
+
+
+def rendered_by_django(job: EmailJob, headers: dict[str, str]) -> bytes:
     html = job.layout == Layout.HTML
     message = EmailMultiAlternatives(
         subject=job.subject,
@@ -352,3 +360,40 @@ def wire_message(job: EmailJob) -> bytes:
     elif job.layout == Layout.PLAIN_HTML:
         message.attach_alternative(job.html_body, "text/html")
     return mime_bytes(message.message())
+
+
+# A bare address whose local part is a dot-atom: Django's sanitize_address gives it back as is.
+DOT_ATOM_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+)
+LINE_BREAKS = re.compile(r"\r\n|\r|\n")  # what the generator writes as CRLF
+MAX_LINE_BYTES = 998  # a longer body line makes Django use quoted-printable
+MAX_HEADER_LINE = 78  # compat32's max_line_length: a longer header is folded
+TEXT_PLAIN = 'Content-Type: text/plain; charset="utf-8"\r\nMIME-Version: 1.0\r\n'
+
+
+def plain_text_bytes(job: EmailJob, headers: dict[str, str]) -> bytes | None:
+    """What Django renders for a text-only message, written out directly, when every header is
+    printable ASCII that fits its line unfolded and every address is bare (the usual
+    notification); None for any other message, which Django then renders. Rendering through
+    Django's classes is 0.1-0.2 ms a message, a tenth of a worker's time per message; the bytes
+    are the same (tests/test_composition.py compares them on random messages)."""
+    lines = [("Subject", job.subject), ("From", job.from_email)]
+    for name, addresses in (("To", job.to), ("Cc", job.cc), ("Reply-To", job.reply_to)):
+        if addresses:
+            lines.append((name, ", ".join(addresses)))
+    for address in (job.from_email, *job.to, *job.cc, *job.reply_to):
+        if not DOT_ATOM_ADDRESS.fullmatch(address):
+            return None
+    lines += headers.items()
+    for name, value in lines:
+        if len(name) + 2 + len(value) > MAX_HEADER_LINE or not UNFOLDED_VALUE.fullmatch(value):
+            return None
+    body = job.body
+    if any(len(line.encode()) > MAX_LINE_BYTES for line in body.splitlines()):
+        return None
+    encoding = "7bit" if body.isascii() else "8bit"
+    head = "".join(f"{name}: {value}\r\n" for name, value in lines)
+    text = f"{TEXT_PLAIN}Content-Transfer-Encoding: {encoding}\r\n{head}\r\n"
+    return text.encode("ascii") + LINE_BREAKS.sub("\r\n", body).encode(ENCODING)

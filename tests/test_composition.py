@@ -249,3 +249,40 @@ def test_the_quicker_header_folding_on_random_header_values():
         name = rng.choice(names)
         value = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 90)))
         assert quick.fold_binary(name, value) == stock.fold_binary(name, value), (name, value)
+
+
+def test_plain_text_written_directly_is_what_django_renders():
+    """Random text-only messages: whenever the direct path writes one, Django's classes render
+    the very same bytes; and it writes most ordinary ones."""
+    rng = random.Random(11)
+    ordinary = ["a@example.org", "first.last+tag@mail.example.com", "o'brien@example.ie"]
+    unusual = ["Ann Smith <ann@example.org>", '"quoted local"@example.org', "a" * 70 + "@b.org"]
+    words = ["Your", "order", "#42:", "a,b;c", "(note)", "=?utf-8?q?x?=", "Grüße", "x" * 70]
+    pieces = ["Hello", " ", "\n", "\r\n", "\r", ".", "From me", "ä€", "\u2028", "\x0c"]
+
+    def some(choices: list[str], rare: int, count: int) -> list[str]:
+        """`count` of `choices`, the last `rare` of them one time in twenty-five each."""
+        weights = [25] * (len(choices) - rare) + [1] * rare
+        return rng.choices(choices, weights, k=count)
+
+    written = 0
+    for number in range(3000):
+        addresses = some(ordinary + unusual, len(unusual), 4)
+        job = EmailJob(
+            layout=Layout.PLAIN,
+            subject=" ".join(some(words, 3, rng.randint(0, 4))),
+            body="".join(some(pieces, 2, rng.randint(0, 12))) + "x" * rng.choice([0, 10, 998, 999]),
+            from_email=addresses[0],
+            to=addresses[1 : rng.randint(2, 3)],
+            cc=addresses[3:] if rng.random() < 0.3 else [],
+            reply_to=addresses[:1] if rng.random() < 0.2 else [],
+        )
+        headers = {"Date": formatdate(1_700_000_000 + number)}
+        if rng.random() < 0.3:
+            headers["X-Tag"] = rng.choice(["digest", "a  b", "x" * 80, "café"])
+        headers["Message-ID"] = f"<{number}.{rng.randint(0, 10**12)}@vertex-email.local>"
+        quick = composition.plain_text_bytes(job, headers)
+        if quick is not None:
+            written += 1
+            assert quick == composition.rendered_by_django(job, headers), job.__dict__
+    assert 600 < written < 2900, written  # both paths taken
