@@ -6,11 +6,11 @@ batches over one connection (or EMAIL_SMTP_CONNECTIONS at once) instead of payin
 the database per message. The other jobs' broker messages then find nothing to claim, or claim the
 next batch.
 
-Each claim is conditional (status='pending'), stamped with a claim token, and leased. A failed
-attempt is settled at once; the sent jobs of a batch are settled together once the batch is over,
-in one transaction fenced by the claim token, and each acceptance is journaled in Redis as the
-server gives it (journal.py), so a crash can still repeat at most the one message that was on the
-wire (one per connection).
+Each claim (claiming.py) is conditional (status='pending'), stamped with a claim token, and
+leased. A failed attempt is settled at once; the sent jobs of a batch are settled together once
+the batch is over, fenced by the claim token (settling.py), and each acceptance is journaled in
+Redis as the server gives it (journal.py), so a crash can still repeat at most the one message that
+was on the wire (one per connection).
 """
 
 import logging

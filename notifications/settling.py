@@ -42,11 +42,11 @@ def record_sent(claim_token: str, accepted: list[Acceptance], now: datetime) -> 
     fence += [Status.SENDING.value, claim_token]
     if connection.vendor == "postgresql":
         return _run(rows, [*fence, EmailAttempt.Outcome.SENT.value], with_attempts=True)
-    with transaction.atomic():  # SQLite: the writer lock is taken for these two statements
+    # SQLite: the writer lock is held for these two statements only; producers wait for it.
+    attempts = {acceptance.job_id: attempt(acceptance) for acceptance in accepted}
+    with transaction.atomic():
         held = _run(rows, fence, with_attempts=False)
-        EmailAttempt.objects.bulk_create(
-            attempt(acceptance) for acceptance in accepted if acceptance.job_id in held
-        )
+        EmailAttempt.objects.bulk_create(attempts[job_id] for job_id in attempts if job_id in held)
     return held
 
 
