@@ -15,7 +15,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.db import connection, transaction
-from django.db.models import Field
+from django.db.models import Field, QuerySet
 from django.db.models.sql import Query
 
 from .conf import option
@@ -80,16 +80,23 @@ def claim_jobs(
     return _jobs(rows)
 
 
+@functools.cache
 def _position(name: str) -> int:
     """Where the field `name` is in a claimed row."""
     return [field.name for field in _returned()].index(name)
 
 
-def _pick(*, job_id: int | None, now: datetime, limit: int, others: bool) -> list[int]:
-    """Ids of due jobs to claim (SQLite): `job_id` first, then in the queue's order."""
-    due = EmailJob.objects.filter(status=Status.PENDING, next_attempt_at__lte=now).exclude(
+def due_jobs(now: datetime) -> QuerySet[EmailJob]:
+    """Pending jobs due at `now` and not past their expiry: what a claim takes (the statements
+    below spell the same condition, `_names()["due"]`)."""
+    return EmailJob.objects.filter(status=Status.PENDING, next_attempt_at__lte=now).exclude(
         expires_at__lte=now
     )
+
+
+def _pick(*, job_id: int | None, now: datetime, limit: int, others: bool) -> list[int]:
+    """Ids of due jobs to claim (SQLite): `job_id` first, then in the queue's order."""
+    due = due_jobs(now)
     ids = list(due.filter(pk=job_id).values_list("pk", flat=True)) if job_id else []
     if others and limit > len(ids):
         candidates = due.exclude(pk__in=ids).order_by(*QUEUE_ORDER)

@@ -57,11 +57,16 @@ class _QuickFolding(Compat32):
         if (
             isinstance(value, str)
             and self.max_line_length
-            and len(name) + 2 + len(value) <= self.max_line_length
-            and UNFOLDED_VALUE.fullmatch(value)
+            and fits_unfolded(name, value, self.max_line_length)
         ):
             return f"{name}: {value}{self.linesep}"
         return super()._fold(name, value, sanitize)
+
+
+def fits_unfolded(name: str, value: str, max_line_length: int) -> bool:
+    """Whether compat32 writes this header as "Name: value", as it is: printable ASCII words with
+    single spaces between them, on a line of at most `max_line_length`."""
+    return len(name) + 2 + len(value) <= max_line_length and bool(UNFOLDED_VALUE.fullmatch(value))
 
 
 # Printable ASCII words with single spaces between them: nothing to fold, encode or collapse.
@@ -369,7 +374,6 @@ DOT_ATOM_ADDRESS = re.compile(
 )
 LINE_BREAKS = re.compile(r"\r\n|\r|\n")  # what the generator writes as CRLF
 MAX_LINE_BYTES = 998  # a longer body line makes Django use quoted-printable
-MAX_HEADER_LINE = 78  # compat32's max_line_length: a longer header is folded
 TEXT_PLAIN = 'Content-Type: text/plain; charset="utf-8"\r\nMIME-Version: 1.0\r\n'
 
 
@@ -388,7 +392,7 @@ def plain_text_bytes(job: EmailJob, headers: dict[str, str]) -> bytes | None:
             return None
     lines += headers.items()
     for name, value in lines:
-        if len(name) + 2 + len(value) > MAX_HEADER_LINE or not UNFOLDED_VALUE.fullmatch(value):
+        if not fits_unfolded(name, value, QUICK_FOLDING.max_line_length):
             return None
     body = job.body
     if any(len(line.encode()) > MAX_LINE_BYTES for line in body.splitlines()):

@@ -26,7 +26,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from . import journal, metrics, publishing, settling, throttle
-from .claiming import claim_jobs
+from .claiming import QUEUE_ORDER, claim_jobs, due_jobs
 from .composition import wire_message
 from .conf import SmtpSettings, batch_size, get_smtp_settings, option
 from .exceptions import PermanentSendError, SendError, SmtpConfigurationError
@@ -108,15 +108,13 @@ def deliver_due_jobs(*, job_id: int | None) -> int:
 
 
 def _any_due() -> bool:
-    now = timezone.now()
-    due = EmailJob.objects.filter(status=Status.PENDING, next_attempt_at__lte=now)
-    return due.exclude(expires_at__lte=now).exists()
+    return due_jobs(timezone.now()).exists()
 
 
 def _hand_over() -> None:
     job = (
         EmailJob.objects.filter(status=Status.PENDING, next_attempt_at__lte=timezone.now())
-        .order_by("priority", "next_attempt_at", "pk")
+        .order_by(*QUEUE_ORDER)
         .only("pk")
         .first()
     )

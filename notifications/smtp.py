@@ -198,7 +198,7 @@ class SmtpClient:
             raise _by_code(code, _text(reply))
         return SendResult(response=f"{code} {_text(reply)}", refused=refused)
 
-    def _abandon(self, smtp: smtplib.SMTP, data: tuple[int, bytes] | None) -> None:
+    def _abandon(self, smtp: smtplib.SMTP, data: "Reply | None") -> None:
         """End a refused transaction. A server that took DATA anyway (pipelined, after every
         recipient was refused) gets an empty message, which goes to nobody (RFC 2920 3.1)."""
         if data is not None and data[0] == 354:
