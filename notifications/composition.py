@@ -7,11 +7,14 @@ and/or HTML, no attachments, see `_lazy_layout`) is rendered by the worker from 
 
 import copy
 import functools
+import os
 import re
+import secrets
+import time
 from email.generator import BytesGenerator
 from email.message import Message
 from email.policy import Compat32
-from email.utils import formatdate, make_msgid, parseaddr
+from email.utils import formatdate, parseaddr
 from io import BytesIO
 
 from django.conf import settings
@@ -80,6 +83,16 @@ def mime_bytes(mime: Message) -> bytes:
     generator = BytesGenerator(buffer, mangle_from_=False, policy=QUICK_FOLDING)
     generator.flatten(mime, linesep="\r\n")
     return buffer.getvalue()
+
+
+def new_message_id() -> str:
+    """A Message-ID of our own domain, in make_msgid's form (<time.pid.random@domain>) but with
+    the random part from `secrets`. make_msgid takes it from the `random` module, which an
+    application (or a test framework) may seed: two messages queued within the same 10 ms would
+    then share a Message-ID, and the second would be refused as a duplicate. Its `idstring`
+    would make the header too long to stay on one line."""
+    stamp = int(time.time() * 100)
+    return f"<{stamp}.{os.getpid()}.{secrets.randbits(64)}@{option('MESSAGE_ID_DOMAIN')}>"
 
 
 def _reject_newlines(field: str, value: str) -> None:
@@ -196,7 +209,7 @@ def job_fields(message: EmailMessage) -> dict:
 
     message_id = next((v for k, v in headers.items() if k.lower() == "message-id"), None)
     if message_id is None:
-        message_id = make_msgid(domain=option("MESSAGE_ID_DOMAIN"))
+        message_id = new_message_id()
         headers["Message-ID"] = message_id
     attachments = _attachment_summary(message)
     layout = _lazy_layout(message, subject, headers, body, html_body)

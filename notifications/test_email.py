@@ -4,12 +4,11 @@ import smtplib
 import socket
 import ssl
 from dataclasses import dataclass, replace
-from email.utils import make_msgid
 
 from django.core.mail import EmailMessage
 
-from .composition import envelope_address
-from .conf import SmtpSettings, option
+from .composition import envelope_address, new_message_id
+from .conf import SmtpSettings
 from .exceptions import (
     EmailRejected,
     PermanentSendError,
@@ -83,7 +82,7 @@ def _send(settings: SmtpSettings, address: str) -> TestEmailResult:
             False, f"Not sent: the from address is not valid ({error}).", "invalid from address"
         )
     # A Message-ID of our own: Django's default would look up this machine's DNS name.
-    headers = {"Message-ID": make_msgid(domain=option("MESSAGE_ID_DOMAIN"))}
+    headers = {"Message-ID": new_message_id()}
     message = EmailMessage(SUBJECT, BODY, settings.from_email, [address], headers=headers)
     client = SmtpClient()
     try:

@@ -112,7 +112,7 @@ def rendered_at_enqueue(message: EmailMessage, job: EmailJob, monkeypatch) -> by
     with the Date the worker gives it."""
     with monkeypatch.context() as patch:
         patch.setattr(composition, "_lazy_layout", lambda *args: Layout.RENDERED)
-        patch.setattr(composition, "make_msgid", lambda domain: job.message_id)
+        patch.setattr(composition, "new_message_id", lambda: job.message_id)
         patch.setattr(
             django_message,
             "formatdate",
@@ -286,3 +286,14 @@ def test_plain_text_written_directly_is_what_django_renders():
             written += 1
             assert quick == composition.rendered_by_django(job, headers), job.__dict__
     assert 600 < written < 2900, written  # both paths taken
+
+
+def test_message_ids_stay_unique_when_the_random_module_is_seeded(monkeypatch):
+    """An application (or hypothesis) that seeds `random` must not make two messages queued in
+    the same 10 ms share a Message-ID: the second would be refused as a duplicate."""
+    monkeypatch.setattr(composition.time, "time", lambda: 1_700_000_000.0)
+    ids = set()
+    for _ in range(2):
+        random.seed(1)
+        ids.add(job_fields(EmailMessage("s", "b", FROM, TO))["message_id"])
+    assert len(ids) == 2
