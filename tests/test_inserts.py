@@ -59,8 +59,17 @@ def stored_rows(pks) -> list[tuple]:
     return [row for row in rows if row["id"] in pks]
 
 
-def test_rows_are_those_bulk_create_writes_for_the_same_jobs():
-    jobs = services.enqueue_emails(messages=varied_messages(), priority="low")
+@pytest.mark.parametrize("one_at_a_time", [False, True], ids=["one call", "send_mail each"])
+def test_rows_are_those_bulk_create_writes_for_the_same_jobs(one_at_a_time):
+    """Many rows are prepared a column at a time, a lone row (send_mail()) a value at a time."""
+    if one_at_a_time:
+        jobs = [
+            job
+            for message in varied_messages()
+            for job in services.enqueue_emails(messages=[message], priority="low")
+        ]
+    else:
+        jobs = services.enqueue_emails(messages=varied_messages(), priority="low")
     # The ORM writes copies of the same jobs; only their Message-IDs (unique) differ.
     copies = [
         EmailJob(**{f.attname: getattr(job, f.attname) for f in inserts._inserted_fields()})

@@ -62,6 +62,42 @@ def test_a_second_writer_waits_for_the_first_and_then_goes_on():
     assert EmailJob.objects.count() == 2
 
 
+def test_send_mail_outside_a_transaction_waits_its_turn_and_lets_go():
+    """A lone send_mail() INSERTs in autocommit, no BEGIN of its own, but still in the queue:
+    while another process holds the writer lock (here only the lock, not SQLite's), it waits."""
+    order = []
+
+    def lone_send():
+        services.enqueue_email(message=make_message(2))
+        order.append("lone insert done")
+        connections.close_all()
+
+    fd = os.open(f"{connection.settings_dict['NAME']}.writer-lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        thread = threading.Thread(target=lone_send)
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive() and order == []  # queued behind the holder
+        order.append("holder lets go")
+    finally:
+        os.close(fd)
+    thread.join(10)
+    assert order == ["holder lets go", "lone insert done"]
+    assert lock_is_free()
+    assert EmailJob.objects.count() == 1
+
+
+def test_a_lone_insert_that_fails_lets_the_lock_go():
+    services.enqueue_email(message=make_message(1, headers={"Message-ID": "<same@example.org>"}))
+    with pytest.raises(services.EmailRejected, match="already queued"):
+        services.enqueue_email(
+            message=make_message(2, headers={"Message-ID": "<same@example.org>"})
+        )
+    assert lock_is_free()
+    assert EmailJob.objects.count() == 1
+
+
 def test_queries_are_still_counted_for_prometheus():
     """The counting cursor's class is built once per connection; it must still count."""
     from django_prometheus.db import execute_total

@@ -4,11 +4,12 @@ SQLite lets one writer in at a time; the others spin in its busy handler, which 
 10 ... ms between tries. With a producer and two workers writing hundreds of small transactions a
 second, those sleeps, not the writes, were most of the time `send_mail()` took (2 ms a call). Here
 a transaction first takes an exclusive `flock` on `<database>.writer-lock`: waiters block in the
-kernel and the next one runs as soon as the lock is let go. Writers that bypass it (a statement
-outside `atomic()`, the sqlite3 shell) still meet SQLite's own lock and busy timeout, so the
-lock is a queue in front of SQLite's, never a replacement for it. The kernel drops the lock of a
-process that dies. Under gevent or eventlet the lock is left out: a green thread blocked in it
-would stall the whole process.
+kernel and the next one runs as soon as the lock is let go. A lone statement run in autocommit
+(send_mail()'s INSERT) holds the same lock through `writer_turn()`. Writers that bypass it (other
+statements outside `atomic()`, the sqlite3 shell) still meet SQLite's own lock and busy timeout,
+so the lock is a queue in front of SQLite's, never a replacement for it. The kernel drops the
+lock of a process that dies. Under gevent or eventlet the lock is left out: a green thread
+blocked in it would stall the whole process.
 """
 
 import contextlib
@@ -72,6 +73,20 @@ class DatabaseWrapper(base.DatabaseWrapper):
             if self._writer_lock_fd is not None:
                 os.close(self._writer_lock_fd)
                 self._writer_lock_fd = None
+
+    @contextlib.contextmanager
+    def writer_turn(self):
+        """The writer lock around statements run in autocommit, each its own transaction: a
+        lone INSERT needs no BEGIN and COMMIT of its own (Django's atomic() costs 0.1 ms), but
+        it still waits its turn in the queue instead of in SQLite's sleeping busy handler."""
+        if self._writer_lock_held:  # inside a transaction that holds it already
+            yield
+            return
+        self._acquire_writer_lock()
+        try:
+            yield
+        finally:
+            self._release_writer_lock()
 
     def _acquire_writer_lock(self) -> None:
         path = self._writer_lock_path()
