@@ -11,6 +11,7 @@ between is not claimed; if all were taken, the pick is made again under the lock
 """
 
 import functools
+import itertools
 import uuid
 from datetime import datetime, timedelta
 
@@ -43,6 +44,7 @@ SEND_FIELDS = (  # what sending reads: the envelope, and what wire_message() ren
     "created_at",
 )
 QUEUE_ORDER = ("priority", "next_attempt_at", "id")  # highest priority, longest waiting first
+PRIORITIES = tuple(sorted(EmailJob.Priority.values))  # the queue's order: high first
 
 
 @functools.cache
@@ -60,7 +62,8 @@ def claim_jobs(
     returns them, `job_id` first, then in the queue's order."""
     others_limit = limit if others else 0
     if connection.features.has_select_for_update_skip_locked:
-        before = [job_id, *_due(now), job_id, *_due(now), others_limit]
+        branches = [[job_id, *_due(now), priority, others_limit] for priority in PRIORITIES]
+        before = [job_id, *_due(now), *itertools.chain.from_iterable(branches)]
         rows = _claimed(_pick_and_claim_sql(), now, before=before, after=[limit])
         pk, order = _position("id"), [_position(name) for name in QUEUE_ORDER]
         rows.sort(key=lambda row: (row[pk] != job_id, *(row[i] for i in order)))
@@ -96,12 +99,12 @@ def due_jobs(now: datetime) -> QuerySet[EmailJob]:
 
 def _pick(*, job_id: int | None, now: datetime, limit: int, others: bool) -> list[int]:
     """Ids of due jobs to claim (SQLite): `job_id` first, then in the queue's order."""
-    due = due_jobs(now)
-    ids = list(due.filter(pk=job_id).values_list("pk", flat=True)) if job_id else []
-    if others and limit > len(ids):
-        candidates = due.exclude(pk__in=ids).order_by(*QUEUE_ORDER)
-        ids += list(candidates.values_list("pk", flat=True)[: limit - len(ids)])
-    return ids
+    branches = [[*_due(now), priority, limit if others else 0] for priority in PRIORITIES]
+    params = [job_id, *_due(now), *itertools.chain.from_iterable(branches), limit + 1]
+    with connection.cursor() as cursor:
+        cursor.execute(_pick_sql(), params)
+        picked = [row[0] for row in cursor.fetchall()]
+    return list(dict.fromkeys(picked))[:limit]  # the own job may also be among the others
 
 
 def _claimed(sql: str, now: datetime, *, before: tuple = (), after: tuple = ()) -> list[tuple]:
@@ -153,29 +156,64 @@ def _names() -> dict[str, str]:
             f"AND ({columns['expires_at']} IS NULL OR {columns['expires_at']} > %s)"
         ),
         "id": columns["id"],
+        "priority": columns["priority"],
         "order": ", ".join(columns[name] for name in QUEUE_ORDER),
+        "order_without_id": ", ".join(columns[name] for name in QUEUE_ORDER[:-1]),
+        "within_priority": ", ".join(columns[name] for name in QUEUE_ORDER[1:]),
         "others_order": ", ".join(f"others.{columns[name]}" for name in QUEUE_ORDER),
         "returning": ", ".join(columns[field.name] for field in _returned()),
     }
+
+
+def _by_priority(select: str, where: str = "", *, lock: str = "") -> str:
+    """`select` of the due jobs, in the queue's order, a priority at a time and `limit` (a
+    parameter) of each, joined by UNION ALL. Each part is one range of the queue index
+    (status, priority, next_attempt_at, id), read in order and stopped after `limit` rows:
+    a single ORDER BY over all priorities sorted every due row instead (a claim of 20 from a
+    backlog of 8,000 took 5-7 ms), or read past jobs scheduled for later. Parameters per
+    priority: `where`'s, the due condition, the priority, `limit`."""
+    n = _names()
+    part = (
+        f"SELECT {select} FROM {n['table']} WHERE {where}{n['due']} "  # noqa: S608 - names only
+        f"AND {n['priority']} = %s ORDER BY {n['within_priority']} LIMIT %s{lock}"
+    )
+    parts = [f"SELECT * FROM ({part}) AS priority_{i}" for i in range(len(PRIORITIES))]  # noqa: S608
+    return " UNION ALL ".join(parts)
 
 
 @functools.cache
 def _pick_and_claim_sql() -> str:
     """PostgreSQL: the job asked for, if due and not held by another claim, and up to `limit`
     others in the queue's order, `limit` in all. Parameters before the SET's: the job's id and
-    the due condition (own), the same again and `limit` (others); after it, `limit` (in all)."""
+    the due condition (own), then for each priority the job's id, the due condition, the
+    priority and `limit` (others); after it, `limit` (in all)."""
     n = _names()
-    # The others' CTE may lock one row more than is claimed; its lock ends with the statement.
+    others = _by_priority(
+        n["order"], f"{n['id']} IS DISTINCT FROM %s AND ", lock=" FOR UPDATE SKIP LOCKED"
+    )
+    # The others may lock more rows than are claimed; their locks end with the statement.
     return (
         f"WITH own AS (SELECT {n['id']} FROM {n['table']} "  # noqa: S608 - names only, see _names
         f"WHERE {n['id']} = %s AND {n['due']} FOR UPDATE SKIP LOCKED), "
-        f"others AS (SELECT {n['order']} FROM {n['table']} "
-        f"WHERE {n['id']} IS DISTINCT FROM %s AND {n['due']} ORDER BY {n['order']} "
-        f"LIMIT %s FOR UPDATE SKIP LOCKED) "
+        f"others AS ({others}) "
         f"UPDATE {n['table']} SET {n['set']} WHERE {n['id']} IN ("
         f"SELECT own.{n['id']} FROM own UNION ALL (SELECT others.{n['id']} FROM others "
         f"ORDER BY {n['others_order']} LIMIT %s - (SELECT count(*) FROM own))"
         f") RETURNING {n['returning']}"
+    )
+
+
+@functools.cache
+def _pick_sql() -> str:
+    """SQLite: the job asked for if due, then due jobs in the queue's order, `limit` + 1 in
+    all (the job may be among them). Parameters: the job's id and the due condition, then for
+    each priority the due condition, the priority and `limit`; then `limit` + 1."""
+    n = _names()
+    columns = f"{n['id']}, {n['order_without_id']}"
+    return (
+        f"SELECT {n['id']} FROM (SELECT 0 AS later, {columns} FROM {n['table']} "  # noqa: S608
+        f"WHERE {n['id']} = %s AND {n['due']} UNION ALL {_by_priority('1, ' + columns)}) "
+        f"ORDER BY later, {n['order']} LIMIT %s"
     )
 
 

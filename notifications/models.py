@@ -77,9 +77,10 @@ class EmailJob(models.Model):
     class Meta:
         ordering = ["-id"]
         indexes = [
-            # Workers claim due pending jobs by priority; the sweeper finds due and expired ones.
+            # Workers claim due pending jobs in the queue's order, a priority at a time
+            # (claiming.py); the sweeper finds due and expired ones.
             models.Index(
-                fields=["status", "priority", "next_attempt_at"], name="emailjob_status_priority"
+                fields=["status", "priority", "next_attempt_at", "id"], name="emailjob_queue_order"
             ),
             models.Index(fields=["status", "next_attempt_at"], name="emailjob_status_due"),
             models.Index(
@@ -102,6 +103,10 @@ class EmailJob(models.Model):
             models.CheckConstraint(
                 condition=Q(status__in=["pending", "sending", "sent", "failed", "cancelled"]),
                 name="emailjob_status_valid",
+            ),
+            # Claims read the queue a priority at a time: a job of another would never be sent.
+            models.CheckConstraint(
+                condition=Q(priority__in=[0, 5, 9]), name="emailjob_priority_valid"
             ),
         ]
 

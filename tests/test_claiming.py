@@ -81,3 +81,87 @@ def test_rows_another_transaction_holds_are_skipped_not_waited_for(broker):
     assert [job.pk for job in claimed] == [jobs[2].pk, jobs[3].pk]
     held = EmailJob.objects.filter(pk__in=[jobs[0].pk, jobs[1].pk])
     assert set(held.values_list("status", flat=True)) == {EmailJob.Status.PENDING}
+
+
+def test_claims_follow_the_queue_order_across_priorities(broker):
+    """High before normal before low; within one, the longest waiting first, then by id."""
+    now = timezone.now()
+    queued = {}
+    for name, priority, minutes_ago in [
+        ("low old", "low", 30),
+        ("normal new", "normal", 1),
+        ("high new", "high", 1),
+        ("normal old", "normal", 20),
+        ("high old", "high", 10),
+        ("normal new too", "normal", 1),
+        ("high later", "high", -5),  # scheduled: not due yet
+    ]:
+        job = services.enqueue_email(
+            message=make_message(len(queued), subject=name),
+            priority=priority,
+            send_at=now - timedelta(minutes=minutes_ago),
+        )
+        queued[name] = job
+    same_time = now - timedelta(minutes=1)
+    EmailJob.objects.filter(subject__endswith="new too").update(next_attempt_at=same_time)
+    EmailJob.objects.filter(subject="normal new").update(next_attempt_at=same_time)
+
+    first = claiming.claim_jobs(job_id=queued["low old"].pk, now=now, limit=4)
+    rest = claiming.claim_jobs(job_id=None, now=now, limit=10)
+    assert [job.subject for job in first] == ["low old", "high old", "high new", "normal old"]
+    assert [job.subject for job in rest] == ["normal new", "normal new too"]
+    assert EmailJob.objects.get(pk=queued["high later"].pk).status == EmailJob.Status.PENDING
+
+
+def _scans_of_the_job_table(plan: dict) -> list[dict]:
+    """The plan nodes of a PostgreSQL EXPLAIN that read rows of the job table."""
+    found = [plan] if plan.get("Relation Name") == EmailJob._meta.db_table else []
+    for child in plan.get("Plans", []):
+        found += _scans_of_the_job_table(child)
+    return found
+
+
+def test_a_claim_reads_its_limit_from_the_queue_index_not_the_whole_backlog(broker):
+    """A bulk call's jobs share one due time: a claim must not sort all of them (on PostgreSQL
+    nor SQLite) nor read the jobs scheduled for later, a priority at a time."""
+    services.enqueue_emails(messages=[make_message(i) for i in range(3000)])
+    later = timezone.now() + timedelta(hours=1)
+    services.enqueue_emails(messages=[make_message(i) for i in range(1000)], send_at=later)
+    now = timezone.now()
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            due = claiming._due(now)
+            branches = [[*due, p, 20] for p in claiming.PRIORITIES]
+            cursor.execute(
+                "EXPLAIN QUERY PLAN " + claiming._pick_sql(),
+                [None, *due, *[v for branch in branches for v in branch], 21],
+            )
+            plan = [row[3] for row in cursor.fetchall()]
+        ranges = [step for step in plan if "emailjob_queue_order" in step]
+        assert len(ranges) == 3, plan
+        assert all("(status=? AND priority=? AND next_attempt_at<?)" in step for step in ranges)
+        assert not any("emailjob_status_due" in step for step in plan), plan
+        assert len(claiming.claim_jobs(job_id=None, now=now, limit=20)) == 20
+        return
+    due = claiming._due(now)
+    branches = [[None, *due, p, 20] for p in claiming.PRIORITIES]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + claiming._pick_and_claim_sql(),
+            [
+                None,
+                *due,
+                *[v for branch in branches for v in branch],
+                "sending",
+                now + timedelta(minutes=5),
+                "token",
+                now,
+                20,
+            ],
+        )
+        (plan,) = cursor.fetchone()[0]
+    scans = _scans_of_the_job_table(plan["Plan"])
+    assert scans, plan
+    # Each scan reads at most the limit (and one more row, where LIMIT stops), not 3,000.
+    assert max(scan["Actual Rows"] for scan in scans) <= 21, scans
+    assert EmailJob.objects.filter(status=EmailJob.Status.SENDING).count() == 20
