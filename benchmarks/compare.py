@@ -21,7 +21,8 @@ Sections (--sections):
               until the catcher has every message and the system's own rows say sent
   drain       N messages queued in one bulk call first, then the consumer started: timed from
               the first message at the catcher to the last (the sending side alone)
-  enqueue     with no consumer: send_mail() N times on one thread; N messages in one bulk call
+  enqueue     with no consumer: send_mail() N times on one thread; N messages in one bulk call;
+              each in a fresh process, and in one that made one such call before (untimed)
   slow        the catcher takes 20 ms before each 250 reply; 1,000 messages; concurrency varied
               (ours: -c 2 with EMAIL_SMTP_CONNECTIONS=10 is 20 connections, as peers' -c 20)
   latency     ours, idle queue: send_mail() returning -> message at the catcher, p50/p99
@@ -458,11 +459,16 @@ class Bench:
             if driver and driver.poll() is None:
                 tp.end_process(driver, grace=2)
 
-    def enqueue_only(self, system: System, catcher, mode: str, count: int) -> Result:
-        """No consumer: how fast the producer side alone takes messages."""
+    def enqueue_only(
+        self, system: System, catcher, mode: str, count: int, *, warm: bool = False
+    ) -> Result:
+        """No consumer: how fast the producer side alone takes messages; `warm`: in a process
+        that made one such call before (untimed)."""
         self.redis.client.flushall()
         env = system.environment(catcher.smtp_port, self.redis.url)
         env["BENCH_BULK"] = system.bulk
+        if warm:
+            env["BENCH_WARM_UP"] = "1"
         driver = self._driver(system, env, mode, count)
         self._go(driver)
         produced = self._result(driver, min(self.args.run_timeout, self.remaining()))
@@ -864,20 +870,24 @@ def main(argv: list[str]) -> int:
                 kind = "ours" if key == "ours" else "peer"
                 if key == "post_office-celery":
                     continue  # the same producer path as post_office plus a publish: see above
-                one = Row(f"{system.label}: send_mail() x{args.messages}", kind, checked=False)
                 bulk_call = (
                     "enqueue_emails()" if system.bulk == "enqueue_emails" else "send_mass_mail()"
                 )
-                bulk = Row(f"{system.label}: {bulk_call} of {args.messages}", kind, checked=False)
-                rows += [one, bulk]
-                for _ in range(args.runs):
-                    attempt(
-                        one,
-                        lambda s=system: bench.enqueue_only(s, fast, "send_mail", args.messages),
-                    )
-                    attempt(
-                        bulk, lambda s=system: bench.enqueue_only(s, fast, "bulk", args.messages)
-                    )
+                for mode, call in (
+                    ("send_mail", f"send_mail() x{args.messages}"),
+                    ("bulk", f"{bulk_call} of {args.messages}"),
+                ):
+                    cold = Row(f"{system.label}: {call}, fresh process", kind, checked=False)
+                    warm = Row(f"{system.label}: {call}, after one call", kind, checked=False)
+                    rows += [cold, warm]
+                    for _ in range(args.runs):
+                        for row, is_warm in ((cold, False), (warm, True)):
+                            attempt(
+                                row,
+                                lambda s=system, m=mode, w=is_warm: bench.enqueue_only(
+                                    s, fast, m, args.messages, warm=w
+                                ),
+                            )
             record["sections"]["enqueue"] = rows
             log(
                 table(

@@ -1,0 +1,26 @@
+"""The journal of acceptances in Redis: written with its expiry, read back, forgotten."""
+
+from datetime import UTC, datetime
+
+from notifications import journal
+from notifications.journal import Acceptance
+
+
+def acceptance(job_id: int) -> Acceptance:
+    moment = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    return Acceptance(
+        job_id, 1, moment, 0.01, moment, "250 2.0.0 Ok: queued", {"x@y.org": [450, "later"]}
+    )
+
+
+def test_an_acceptance_is_kept_with_an_expiry_read_back_and_forgotten(broker):
+    assert journal.record("claim-1", acceptance(7))
+    assert journal.record("claim-1", acceptance(8))
+    key = journal.KEY_PREFIX + "claim-1"
+    assert journal.TTL_SECONDS - 5 < broker.client().ttl(key) <= journal.TTL_SECONDS
+    assert journal.find([(7, "claim-1"), (8, "claim-1"), (9, "claim-1"), (7, "claim-2")]) == {
+        7: acceptance(7),
+        8: acceptance(8),
+    }
+    journal.forget("claim-1", [7, 8])
+    assert not broker.client().exists(key)
