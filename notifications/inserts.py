@@ -180,10 +180,14 @@ def insert(jobs: list[EmailJob], rows: list[tuple], database) -> None:
             # Kept: one row (send_mail()) and full statements. A full one is ~60 KB of text; the
             # tails of bulk calls, of any length up to that, are built each time.
             keep = len(batch) in (1, per_statement)
-            cursor.execute(
-                _insert_sql(database, len(batch), keep=keep),
-                list(itertools.chain.from_iterable(batch)),
-            )
+            if len(batch) > 1 and database.vendor == "postgresql":
+                columns = [list(column) for column in zip(*batch, strict=True)]
+                cursor.execute(_unnest_insert_sql(database), columns)
+            else:
+                cursor.execute(
+                    _insert_sql(database, len(batch), keep=keep),
+                    list(itertools.chain.from_iterable(batch)),
+                )
             # Matched by Message-ID (unique): SQLite does not promise RETURNING's row order.
             ids = dict((message_id, pk) for pk, message_id in cursor.fetchall())
             for job in jobs[start : start + per_statement]:
@@ -221,3 +225,25 @@ def _insert_sql(database, rows: int, *, keep: bool) -> str:
         if keep:
             _statements[key] = statement
     return statement
+
+
+def _unnest_insert_sql(database) -> str:
+    """PostgreSQL, many rows: one array a column, `INSERT ... SELECT * FROM unnest(...)`.
+
+    A statement of 500 rows of parameters is 60 KB of text, which psycopg splits at its
+    placeholders again at every call (it caches only statements under 4 KB and 50
+    parameters): 60 ms of a 500-row statement. This one is short, its 31 parameters are
+    arrays, and psycopg converts it once."""
+    key = (database.vendor, 0)  # 0 rows: the statement of arrays
+    if key not in _statements:
+        quote = database.ops.quote_name
+        columns = ", ".join(quote(field.column) for field in _inserted_fields())
+        arrays = ", ".join(f"%s::{field.db_type(database)}[]" for field in _inserted_fields())
+        table = quote(EmailJob._meta.db_table)
+        pk = quote(EmailJob._meta.pk.column)
+        message_id = quote(EmailJob._meta.get_field("message_id").column)
+        _statements[key] = (
+            f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) "  # noqa: S608
+            f"RETURNING {pk}, {message_id}"
+        )
+    return _statements[key]
