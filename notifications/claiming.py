@@ -8,6 +8,9 @@ shares the cores with the workers, a claim of 20 took 13-15 ms. On SQLite, which
 in at a time, the pick is read before the write lock is taken: a claimer that finds nothing due
 takes no lock at all, and the lock is held for the one UPDATE. A job another claimer took in
 between is not claimed; if all were taken, the pick is made again under the lock.
+
+On both, due jobs are read a priority at a time, each priority one range of the queue index read
+in order and stopped at the limit (`_by_priority`): a claim never sorts the backlog.
 """
 
 import functools

@@ -52,7 +52,7 @@ def enqueue_emails(
     database = connections[EmailJob.objects.db]
     try:  # the unique Message-ID column refuses a reused one; no SELECT before every INSERT
         # Values are prepared before the transaction, which on SQLite holds the one write lock
-        # (for send_mail(), 0.1 ms of 0.7).
+        # (0.03 ms for send_mail()'s one row).
         rows = inserts.prepared_rows(jobs, database)
         if len(jobs) == 1 and _one_statement_commits(database):
             with _writer_turn(database):  # outside the caller's transaction: it commits
