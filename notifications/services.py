@@ -51,7 +51,7 @@ def enqueue_emails(
     )
     database = connections[EmailJob.objects.db]
     try:  # the unique Message-ID column refuses a reused one; no SELECT before every INSERT
-        # Values are prepared before the transaction, which on SQLite holds the one write lock
+        # Values are prepared before the INSERT takes SQLite's one write lock
         # (0.03 ms for send_mail()'s one row).
         rows = inserts.prepared_rows(jobs, database)
         if len(jobs) == 1 and _one_statement_commits(database):
