@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -225,6 +225,7 @@ class _Sender:
         settle_accepted(token, accepted)
         if accepted:
             throttle.record_success()
+            _checkpoint()
 
     def _react(self, job: EmailJob, outcome: str, error: SendError | None) -> None:
         self.outcomes.append(outcome)
@@ -260,6 +261,14 @@ class _Sender:
         _release(released, delay=delay, publish=publish)
         for job in released:
             self._done(job)
+
+
+def _checkpoint() -> None:
+    """SQLite (our backend): fold the WAL into the database file here, after a batch and
+    outside the writer lock, rather than in some producer's commit (5-6 ms every ~140 of them)."""
+    checkpoint = getattr(connection, "wal_checkpoint", None)
+    if checkpoint is not None:
+        checkpoint()
 
 
 def _wake_after_pause(job_id: int | None, wait: float) -> None:

@@ -1,13 +1,15 @@
 """The SQLite backend queues writers on a file lock held from BEGIN to COMMIT or ROLLBACK."""
 
+import contextlib
 import fcntl
 import os
+import sqlite3
 import threading
 
 import pytest
 from django.db import connection, connections, transaction
 
-from notifications import services
+from notifications import delivery, services
 from notifications.models import EmailJob
 from tests.factories import make_message
 
@@ -96,6 +98,24 @@ def test_a_lone_insert_that_fails_lets_the_lock_go():
         )
     assert lock_is_free()
     assert EmailJob.objects.count() == 1
+
+
+def _in_the_database_file(sql: str) -> int:
+    """What the database file itself holds, without the WAL (immutable: the WAL is not read)."""
+    path = connection.settings_dict["NAME"]
+    with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as file_only:
+        return file_only.execute(sql).fetchone()[0]
+
+
+def test_a_worker_folds_the_wal_into_the_database_file_after_a_batch(smtp, broker):
+    """Producers' commits leave checkpoints to the workers: after a batch the sent rows are in
+    the database file, not only in the WAL."""
+    jobs = [services.enqueue_email(message=make_message(i)) for i in range(3)]
+    table = EmailJob._meta.db_table
+    sent = f"SELECT count(*) FROM {table} WHERE status = 'sent'"  # noqa: S608 - our table
+    assert _in_the_database_file(sent) == 0
+    assert delivery.deliver_due_jobs(job_id=jobs[0].pk) == 3
+    assert _in_the_database_file(sent) == 3
 
 
 def test_queries_are_still_counted_for_prometheus():

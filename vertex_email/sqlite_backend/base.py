@@ -88,6 +88,15 @@ class DatabaseWrapper(base.DatabaseWrapper):
         finally:
             self._release_writer_lock()
 
+    def wal_checkpoint(self) -> None:
+        """Copy the WAL's committed pages into the database file now, outside the writer lock
+        (PASSIVE: it waits for no one, and writers go on meanwhile). Workers call it after each
+        batch, so that producers' commits do not (see settings: wal_autocheckpoint)."""
+        if self.in_atomic_block or self._writer_lock_held or self.is_in_memory_db():
+            return
+        with self.cursor() as cursor:
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def _acquire_writer_lock(self) -> None:
         path = self._writer_lock_path()
         if path is None or self._writer_lock_held:
