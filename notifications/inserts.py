@@ -177,13 +177,13 @@ def insert(jobs: list[EmailJob], rows: list[tuple], database) -> None:
     with database.cursor() as cursor:
         for start in range(0, len(rows), per_statement):
             batch = rows[start : start + per_statement]
-            # Kept: one row (send_mail()) and full statements. A full one is ~60 KB of text; the
-            # tails of bulk calls, of any length up to that, are built each time.
-            keep = len(batch) in (1, per_statement)
             if len(batch) > 1 and database.vendor == "postgresql":
                 columns = [list(column) for column in zip(*batch, strict=True)]
                 cursor.execute(_unnest_insert_sql(database), columns)
             else:
+                # Kept: one row (send_mail()) and full statements. A full one is ~60 KB of text;
+                # the tails of bulk calls, of any length up to that, are built each time.
+                keep = len(batch) in (1, per_statement)
                 cursor.execute(
                     _insert_sql(database, len(batch), keep=keep),
                     list(itertools.chain.from_iterable(batch)),
@@ -211,17 +211,8 @@ def _insert_sql(database, rows: int, *, keep: bool) -> str:
     key = (database.vendor, rows)
     statement = _statements.get(key)
     if statement is None:
-        quote = database.ops.quote_name
-        columns = ", ".join(quote(field.column) for field in _inserted_fields())
         row = "(" + ", ".join(["%s"] * len(_inserted_fields())) + ")"
-        table = quote(EmailJob._meta.db_table)
-        pk = quote(EmailJob._meta.pk.column)
-        message_id = quote(EmailJob._meta.get_field("message_id").column)
-        # Only our own quoted table and column names go into the text; values are parameters.
-        statement = (
-            f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * rows)} "  # noqa: S608
-            f"RETURNING {pk}, {message_id}"
-        )
+        statement = _insert_into(database, f"VALUES {', '.join([row] * rows)}")
         if keep:
             _statements[key] = statement
     return statement
@@ -236,14 +227,17 @@ def _unnest_insert_sql(database) -> str:
     arrays, and psycopg converts it once."""
     key = (database.vendor, 0)  # 0 rows: the statement of arrays
     if key not in _statements:
-        quote = database.ops.quote_name
-        columns = ", ".join(quote(field.column) for field in _inserted_fields())
         arrays = ", ".join(f"%s::{field.db_type(database)}[]" for field in _inserted_fields())
-        table = quote(EmailJob._meta.db_table)
-        pk = quote(EmailJob._meta.pk.column)
-        message_id = quote(EmailJob._meta.get_field("message_id").column)
-        _statements[key] = (
-            f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) "  # noqa: S608
-            f"RETURNING {pk}, {message_id}"
-        )
+        _statements[key] = _insert_into(database, f"SELECT * FROM unnest({arrays})")  # noqa: S608
     return _statements[key]
+
+
+def _insert_into(database, rows: str) -> str:
+    """INSERT of the job columns from `rows` (VALUES or a SELECT), returning id and Message-ID.
+    Only our own quoted table and column names go into the text; values are parameters."""
+    quote = database.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in _inserted_fields())
+    table = quote(EmailJob._meta.db_table)
+    pk = quote(EmailJob._meta.pk.column)
+    message_id = quote(EmailJob._meta.get_field("message_id").column)
+    return f"INSERT INTO {table} ({columns}) {rows} RETURNING {pk}, {message_id}"
