@@ -100,8 +100,16 @@ def due_jobs(now: datetime) -> QuerySet[EmailJob]:
     )
 
 
+def queue_head(now: datetime) -> int | None:
+    """The id of the first due job in the queue's order, neither locked nor claimed: what a task
+    that runs out of time publishes for the next one."""
+    ids = _pick(job_id=None, now=now, limit=1, others=True)
+    return ids[0] if ids else None
+
+
 def _pick(*, job_id: int | None, now: datetime, limit: int, others: bool) -> list[int]:
-    """Ids of due jobs to claim (SQLite): `job_id` first, then in the queue's order."""
+    """Ids of due jobs (SQLite's claims, and `queue_head`): `job_id` first, then in the queue's
+    order."""
     branches = [[*_due(now), priority, limit if others else 0] for priority in PRIORITIES]
     params = [job_id, *_due(now), *itertools.chain.from_iterable(branches), limit + 1]
     with connection.cursor() as cursor:
@@ -208,15 +216,15 @@ def _pick_and_claim_sql() -> str:
 
 @functools.cache
 def _pick_sql() -> str:
-    """SQLite: the job asked for if due, then due jobs in the queue's order, `limit` + 1 in
-    all (the job may be among them). Parameters: the job's id and the due condition, then for
+    """The job asked for if due, then due jobs in the queue's order, `limit` + 1 in all (the
+    job may be among them); no lock. Parameters: the job's id and the due condition, then for
     each priority the due condition, the priority and `limit`; then `limit` + 1."""
     n = _names()
     columns = f"{n['id']}, {n['order_without_id']}"
     return (
         f"SELECT {n['id']} FROM (SELECT 0 AS later, {columns} FROM {n['table']} "  # noqa: S608
         f"WHERE {n['id']} = %s AND {n['due']} UNION ALL {_by_priority('1, ' + columns)}) "
-        f"ORDER BY later, {n['order']} LIMIT %s"
+        f"AS picked ORDER BY later, {n['order']} LIMIT %s"
     )
 
 

@@ -26,7 +26,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from . import journal, metrics, publishing, settling, throttle
-from .claiming import QUEUE_ORDER, claim_jobs, due_jobs
+from .claiming import claim_jobs, due_jobs, queue_head
 from .composition import wire_message
 from .conf import SmtpSettings, batch_size, get_smtp_settings, option
 from .exceptions import PermanentSendError, SendError, SmtpConfigurationError
@@ -112,14 +112,9 @@ def _any_due() -> bool:
 
 
 def _hand_over() -> None:
-    job = (
-        EmailJob.objects.filter(status=Status.PENDING, next_attempt_at__lte=timezone.now())
-        .order_by(*QUEUE_ORDER)
-        .only("pk")
-        .first()
-    )
-    if job is not None:
-        publishing.publish_jobs([job.pk])
+    head = queue_head(timezone.now())
+    if head is not None:
+        publishing.publish_jobs([head])
 
 
 class _Sender:

@@ -169,3 +169,22 @@ def test_a_claim_reads_its_limit_from_the_queue_index_not_the_whole_backlog(brok
     # Each scan reads at most the limit (and one more row, where LIMIT stops), not 3,000.
     assert max(scan["Actual Rows"] for scan in scans) <= 21, scans
     assert EmailJob.objects.filter(status=EmailJob.Status.SENDING).count() == 20
+
+
+def test_the_queue_head_is_the_first_due_job_and_is_not_claimed(broker):
+    """What a task out of time publishes for the next: the job a claim would take first."""
+    now = timezone.now()
+    assert claiming.queue_head(now) is None
+    normal = services.enqueue_email(message=make_message(1), send_at=now - timedelta(minutes=9))
+    high = services.enqueue_email(message=make_message(2), priority="high", send_at=now)
+    expired = make_message(3)  # high and waiting longest, but past its expiry
+    services.enqueue_email(
+        message=expired, priority="high", send_at=now - timedelta(minutes=5), expires_at=now
+    )
+    assert claiming.queue_head(now + timedelta(seconds=1)) == high.pk
+    EmailJob.objects.filter(pk=high.pk).update(status=EmailJob.Status.SENT)
+    assert claiming.queue_head(now + timedelta(seconds=1)) == normal.pk
+    assert set(EmailJob.objects.values_list("status", flat=True)) == {
+        EmailJob.Status.PENDING,
+        EmailJob.Status.SENT,
+    }
