@@ -167,6 +167,25 @@ def test_send_mail_outside_a_transaction_is_one_insert(broker):
     assert queued_job_ids(broker) == [f"({job.pk},)"]  # committed, then published
 
 
+def test_an_execute_wrapper_sees_the_lone_insert(broker):
+    """Unwatched, send_mail()'s INSERT skips Django's cursor wrappers on SQLite
+    (inserts.insert_alone); an execute wrapper (an APM agent, a test) still sees it."""
+    seen = []
+
+    def watch(execute, sql, params, many, context):
+        seen.append(sql.split()[0])
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(watch):
+        send_mail("s", "b", "from@example.org", ["watched@example.org"])
+    send_mail("s", "b", "from@example.org", ["unwatched@example.org"])
+    assert seen == ["INSERT"]
+    assert sorted(EmailJob.objects.values_list("recipient", flat=True)) == [
+        "unwatched@example.org",
+        "watched@example.org",
+    ]
+
+
 def test_bulk_service_returns_saved_jobs(broker):
     jobs = services.enqueue_emails(messages=[make_message(i) for i in range(10)])
     assert all(job.pk for job in jobs)
