@@ -32,6 +32,16 @@ SENT_VALUES = {
     "response": "text",
     "refused": "jsonb",
 }
+# An attempt's columns, in the order both databases' statements give them.
+ATTEMPT_COLUMNS = (
+    "job",
+    "number",
+    "started_at",
+    "duration_seconds",
+    "outcome",
+    "smtp_code",
+    "error",
+)
 
 
 def record_sent(claim_token: str, accepted: list[Acceptance], now: datetime) -> set[int]:
@@ -43,10 +53,11 @@ def record_sent(claim_token: str, accepted: list[Acceptance], now: datetime) -> 
     if connection.vendor == "postgresql":
         return _run(rows, [*fence, EmailAttempt.Outcome.SENT.value], with_attempts=True)
     # SQLite: the writer lock is held for these two statements only; producers wait for it.
-    attempts = {acceptance.job_id: attempt(acceptance) for acceptance in accepted}
+    # Their values are prepared before it: bulk_create() prepared 20 attempts' values inside
+    # it, 0.75 ms of a 1.5 ms INSERT.
     with transaction.atomic():
         held = _run(rows, fence, with_attempts=False)
-        EmailAttempt.objects.bulk_create(attempts[job_id] for job_id in attempts if job_id in held)
+        _insert_attempts([row for row in rows if row[0] in held])
     return held
 
 
@@ -79,6 +90,33 @@ def _run(rows: list[tuple], trailing: list, *, with_attempts: bool) -> set[int]:
             cursor.execute(_sql(len(batch), connection.vendor, with_attempts), params)
             held.update(pk for (pk,) in cursor.fetchall())
     return held
+
+
+def _insert_attempts(rows: list[tuple]) -> None:
+    """SQLite: the attempts of the sent `rows` (as `_sent_row` gives them), a statement of up to
+    ROWS_PER_STATEMENT; what PostgreSQL's statement inserts with its UPDATE."""
+    outcome = EmailAttempt.Outcome.SENT.value
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), ROWS_PER_STATEMENT):
+            batch = rows[start : start + ROWS_PER_STATEMENT]
+            params = [
+                value
+                for job, number, started, duration, code, error, *_ in batch
+                for value in (job, number, started, duration, outcome, code, error)
+            ]
+            cursor.execute(_attempts_sql(len(batch)), params)
+
+
+@functools.lru_cache(maxsize=8)
+def _attempts_sql(rows: int) -> str:
+    quote = connection.ops.quote_name
+    attempt = {f.name: quote(f.column) for f in EmailAttempt._meta.concrete_fields}
+    row = "(" + ", ".join(["%s"] * len(ATTEMPT_COLUMNS)) + ")"
+    return (
+        f"INSERT INTO {quote(EmailAttempt._meta.db_table)} "  # noqa: S608 - our own names
+        f"({', '.join(attempt[name] for name in ATTEMPT_COLUMNS)}) "
+        f"VALUES {', '.join([row] * rows)}"
+    )
 
 
 def _sent_row(acceptance: Acceptance) -> tuple:
@@ -122,11 +160,10 @@ def _sql(rows: int, vendor: str, with_attempts: bool) -> str:
     if not with_attempts:
         return f"WITH {sent} {update}"
     attempt = {f.name: quote(f.column) for f in EmailAttempt._meta.concrete_fields}
-    columns = ("job", "number", "started_at", "duration_seconds", "outcome", "smtp_code", "error")
     return (
         f"WITH {sent}, marked AS ({update}) "  # noqa: S608 - see above
         f"INSERT INTO {quote(EmailAttempt._meta.db_table)} "
-        f"({', '.join(attempt[name] for name in columns)}) "
+        f"({', '.join(attempt[name] for name in ATTEMPT_COLUMNS)}) "
         f"SELECT sent.job, sent.attempt, sent.started, sent.duration, %s, sent.code, sent.error "
         f"FROM sent JOIN marked ON marked.{job['id']} = sent.job RETURNING {attempt['job']}"
     )
