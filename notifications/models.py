@@ -78,11 +78,18 @@ class EmailJob(models.Model):
         ordering = ["-id"]
         indexes = [
             # Workers claim due pending jobs in the queue's order, a priority at a time
-            # (claiming.py); the sweeper finds due and expired ones.
+            # (claiming.py); the sweeper finds due and expired ones. Pending jobs only: a claim
+            # takes a job out of both and a settle touches neither (decision 42).
             models.Index(
-                fields=["status", "priority", "next_attempt_at", "id"], name="emailjob_queue_order"
+                fields=["status", "priority", "next_attempt_at", "id"],
+                name="emailjob_pending_order",
+                condition=Q(status="pending"),
             ),
-            models.Index(fields=["status", "next_attempt_at"], name="emailjob_status_due"),
+            models.Index(
+                fields=["status", "next_attempt_at"],
+                name="emailjob_pending_due",
+                condition=Q(status="pending"),
+            ),
             models.Index(
                 fields=["expires_at"],
                 name="emailjob_pending_expiry",

@@ -137,10 +137,10 @@ def test_a_claim_reads_its_limit_from_the_queue_index_not_the_whole_backlog(brok
                 [None, *due, *[v for branch in branches for v in branch], 21],
             )
             plan = [row[3] for row in cursor.fetchall()]
-        ranges = [step for step in plan if "emailjob_queue_order" in step]
+        ranges = [step for step in plan if "emailjob_pending_order" in step]
         assert len(ranges) == 3, plan
         assert all("(status=? AND priority=? AND next_attempt_at<?)" in step for step in ranges)
-        assert not any("emailjob_status_due" in step for step in plan), plan
+        assert not any("emailjob_pending_due" in step for step in plan), plan
         assert len(claiming.claim_jobs(job_id=None, now=now, limit=20)) == 20
         return
     due = claiming._due(now)
