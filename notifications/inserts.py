@@ -200,25 +200,42 @@ def _memo_of_last(field: Field, database) -> Callable[[object], object]:
 def insert(jobs: list[EmailJob], rows: list[tuple], database) -> None:
     """INSERT the rows, many a statement, and give each job the id its row got."""
     per_statement = _rows_per_statement(database)
+    for start in range(0, len(rows), per_statement):
+        batch = rows[start : start + per_statement]
+        returned = _insert_batch(batch, database, full=len(batch) == per_statement)
+        # Matched by Message-ID (unique): SQLite does not promise RETURNING's row order.
+        ids = dict((message_id, pk) for pk, message_id in returned)
+        for job in jobs[start : start + per_statement]:
+            job.pk = ids[job.message_id]
+            job._state.adding, job._state.db = False, database.alias
+
+
+def _insert_batch(batch: list[tuple], database, *, full: bool) -> list[tuple]:
+    """One statement's rows in; returns (id, Message-ID) for each.
+
+    On SQLite, unless someone watches the queries, through the driver's own connection: Django's
+    cursor path (the statement's %s turned into ? at every call, django-prometheus's counters,
+    the execute wrappers' chain) cost 0.13 ms of a 0.6-0.7 ms send_mail() (decision 40). With
+    DEBUG's query log or an execute_wrapper (tests, APM agents) it is Django's cursor, so they see
+    the INSERT. Errors are Django's either way: a reused Message-ID is an IntegrityError.
+    """
+    params = list(itertools.chain.from_iterable(batch))
+    # Kept: one row (send_mail()) and full statements. A full one is ~60 KB of text; the tails
+    # of bulk calls, of any length up to that, are built each time.
+    keep = len(batch) == 1 or full
+    if database.vendor == "sqlite" and not (database.queries_logged or database.execute_wrappers):
+        database.ensure_connection()
+        database.validate_no_broken_transaction()
+        statement = _insert_sql(database, len(batch), keep=keep, placeholder="?")
+        with database.wrap_database_errors:
+            return database.connection.execute(statement, params).fetchall()
     with database.cursor() as cursor:
-        for start in range(0, len(rows), per_statement):
-            batch = rows[start : start + per_statement]
-            if len(batch) > 1 and database.vendor == "postgresql":
-                columns = [list(column) for column in zip(*batch, strict=True)]
-                cursor.execute(_unnest_insert_sql(database), columns)
-            else:
-                # Kept: one row (send_mail()) and full statements. A full one is ~60 KB of text;
-                # the tails of bulk calls, of any length up to that, are built each time.
-                keep = len(batch) in (1, per_statement)
-                cursor.execute(
-                    _insert_sql(database, len(batch), keep=keep),
-                    list(itertools.chain.from_iterable(batch)),
-                )
-            # Matched by Message-ID (unique): SQLite does not promise RETURNING's row order.
-            ids = dict((message_id, pk) for pk, message_id in cursor.fetchall())
-            for job in jobs[start : start + per_statement]:
-                job.pk = ids[job.message_id]
-                job._state.adding, job._state.db = False, database.alias
+        if len(batch) > 1 and database.vendor == "postgresql":
+            columns = [list(column) for column in zip(*batch, strict=True)]
+            cursor.execute(_unnest_insert_sql(database), columns)
+        else:
+            cursor.execute(_insert_sql(database, len(batch), keep=keep), params)
+        return cursor.fetchall()
 
 
 def _rows_per_statement(database) -> int:
@@ -230,48 +247,19 @@ def _rows_per_statement(database) -> int:
     return max(1, min(ROWS_PER_STATEMENT, variables // len(_inserted_fields())))
 
 
-_statements: dict[tuple[str, int | str], str] = {}  # by database vendor and rows
+_statements: dict[tuple[str, int, str], str] = {}  # by database vendor, rows and placeholder
 
 
-def _insert_sql(database, rows: int, *, keep: bool) -> str:
-    key = (database.vendor, rows)
+def _insert_sql(database, rows: int, *, keep: bool, placeholder: str = "%s") -> str:
+    """`rows` rows of VALUES; `placeholder` "?" for the sqlite3 driver's own connection."""
+    key = (database.vendor, rows, placeholder)
     statement = _statements.get(key)
     if statement is None:
-        row = "(" + ", ".join(["%s"] * len(_inserted_fields())) + ")"
+        row = "(" + ", ".join([placeholder] * len(_inserted_fields())) + ")"
         statement = _insert_into(database, f"VALUES {', '.join([row] * rows)}")
         if keep:
             _statements[key] = statement
     return statement
-
-
-def insert_alone(job: EmailJob, row: tuple, database) -> None:
-    """send_mail()'s one row, in autocommit: on SQLite through the driver's own connection.
-
-    Django's cursor wrappers (the query's %s turned into ?, django-prometheus's counters, the
-    execute wrappers' chain) cost 0.13 ms of a 0.6-0.7 ms send_mail() on SQLite. They are kept
-    whenever someone is watching: with DEBUG's query log, an execute_wrapper (tests, APM agents)
-    or in a transaction, the INSERT goes through `insert()`. Database errors are Django's here
-    too (a reused Message-ID raises IntegrityError). django-prometheus's database counters do
-    not see these INSERTs; the queue's own metrics count the jobs.
-    """
-    if database.vendor != "sqlite" or database.queries_logged or database.execute_wrappers:
-        insert([job], [row], database)
-        return
-    database.ensure_connection()
-    with database.wrap_database_errors:
-        ((pk, _),) = database.connection.execute(_lone_insert_sql(database), row).fetchall()
-    job.pk = pk
-    job._state.adding, job._state.db = False, database.alias
-
-
-def _lone_insert_sql(database) -> str:
-    """The one-row INSERT with the driver's own placeholders (sqlite3: ?), as Django's SQLite
-    cursor would have rewritten it at every call."""
-    key = (database.vendor, "driver")
-    if key not in _statements:
-        placeholders = ", ".join(["?"] * len(_inserted_fields()))
-        _statements[key] = _insert_into(database, f"VALUES ({placeholders})")
-    return _statements[key]
 
 
 def _unnest_insert_sql(database) -> str:
@@ -281,7 +269,7 @@ def _unnest_insert_sql(database) -> str:
     placeholders again at every call (it caches only statements under 4 KB and 50
     parameters): 60 ms of a 500-row statement. This one is short, its 31 parameters are
     arrays, and psycopg converts it once."""
-    key = (database.vendor, 0)  # 0 rows: the statement of arrays
+    key = (database.vendor, 0, "%s")  # 0 rows: the statement of arrays
     if key not in _statements:
         arrays = ", ".join(f"%s::{field.db_type(database)}[]" for field in _inserted_fields())
         _statements[key] = _insert_into(database, f"SELECT * FROM unnest({arrays})")  # noqa: S608

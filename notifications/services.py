@@ -56,7 +56,7 @@ def enqueue_emails(
         rows = inserts.prepared_rows(jobs, database)
         if len(jobs) == 1 and _one_statement_commits(database):
             with _writer_turn(database):  # outside the caller's transaction: it commits
-                inserts.insert_alone(jobs[0], rows[0], database)
+                inserts.insert(jobs, rows, database)
             _publish_new(jobs, now)
         else:
             with transaction.atomic(using=database.alias):

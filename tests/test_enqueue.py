@@ -167,23 +167,27 @@ def test_send_mail_outside_a_transaction_is_one_insert(broker):
     assert queued_job_ids(broker) == [f"({job.pk},)"]  # committed, then published
 
 
-def test_an_execute_wrapper_sees_the_lone_insert(broker):
-    """Unwatched, send_mail()'s INSERT skips Django's cursor wrappers on SQLite
-    (inserts.insert_alone); an execute wrapper (an APM agent, a test) still sees it."""
+def test_an_execute_wrapper_sees_the_inserts(broker):
+    """Unwatched, the INSERTs skip Django's cursor wrappers on SQLite (inserts._insert_batch);
+    an execute wrapper (an APM agent, a test) still sees them."""
     seen = []
 
     def watch(execute, sql, params, many, context):
         seen.append(sql.split()[0])
         return execute(sql, params, many, context)
 
+    def enqueue(label: str) -> None:
+        send_mail("s", "b", "from@example.org", [f"{label}@example.org"])
+        services.enqueue_emails(messages=[make_message(i, subject=label) for i in range(3)])
+
     with connection.execute_wrapper(watch):
-        send_mail("s", "b", "from@example.org", ["watched@example.org"])
-    send_mail("s", "b", "from@example.org", ["unwatched@example.org"])
-    assert seen == ["INSERT"]
-    assert sorted(EmailJob.objects.values_list("recipient", flat=True)) == [
-        "unwatched@example.org",
-        "watched@example.org",
-    ]
+        enqueue("watched")
+    enqueue("unwatched")
+    assert seen.count("INSERT") == 2  # and the bulk call's BEGIN
+    assert EmailJob.objects.filter(recipient="watched@example.org").count() == 1
+    assert EmailJob.objects.filter(recipient="unwatched@example.org").count() == 1
+    assert EmailJob.objects.filter(subject="watched").count() == 3
+    assert EmailJob.objects.filter(subject="unwatched").count() == 3
 
 
 def test_bulk_service_returns_saved_jobs(broker):
