@@ -220,7 +220,7 @@ class _Sender:
         settle_accepted(token, accepted)
         if accepted:
             throttle.record_success()
-            _checkpoint()
+            wal_checkpoints.after_batch()
 
     def _react(self, job: EmailJob, outcome: str, error: SendError | None) -> None:
         self.outcomes.append(outcome)
@@ -258,16 +258,33 @@ class _Sender:
             self._done(job)
 
 
-def _checkpoint() -> None:
-    """SQLite (our backend): fold the WAL into the database file here, after a batch and
-    outside the writer lock, rather than in some producer's commit (5-6 ms every ~140 of them)."""
-    checkpoint = getattr(connection, "wal_checkpoint", None)
-    if checkpoint is None:
-        return
-    try:
-        checkpoint()
-    except DatabaseError as error:  # the batch is settled; a later commit checkpoints instead
-        logger.warning("WAL checkpoint after a batch failed: %s", error)
+CHECKPOINT_INTERVAL = 0.2  # seconds: at most one WAL checkpoint this often a process
+
+
+class _WalCheckpoints:
+    """SQLite (our backend): fold the WAL into the database file after a batch and outside the
+    writer lock, rather than in some producer's commit (5-6 ms every ~140 of them). At most
+    once every CHECKPOINT_INTERVAL a process: most of a checkpoint's cost is its two fsyncs, not
+    the pages it copies. What a skipped one would have copied waits in the WAL (committed and
+    durable) for the next checkpoint, any process's."""
+
+    def __init__(self) -> None:
+        self.last = float("-inf")
+
+    def after_batch(self) -> None:
+        if time.monotonic() - self.last < CHECKPOINT_INTERVAL:
+            return
+        self.last = time.monotonic()
+        checkpoint = getattr(connection, "wal_checkpoint", None)
+        if checkpoint is None:
+            return
+        try:
+            checkpoint()
+        except DatabaseError as error:  # the batch is settled; a later commit checkpoints instead
+            logger.warning("WAL checkpoint after a batch failed: %s", error)
+
+
+wal_checkpoints = _WalCheckpoints()
 
 
 def _wake_after_pause(job_id: int | None, wait: float) -> None:

@@ -107,7 +107,15 @@ def _in_the_database_file(sql: str) -> int:
         return file_only.execute(sql).fetchone()[0]
 
 
-def test_a_worker_folds_the_wal_into_the_database_file_after_a_batch(smtp, broker):
+@pytest.fixture
+def fresh_checkpoints(monkeypatch):
+    """This process has checkpointed no batch yet."""
+    monkeypatch.setattr(delivery, "wal_checkpoints", delivery._WalCheckpoints())
+
+
+def test_a_worker_folds_the_wal_into_the_database_file_after_a_batch(
+    smtp, broker, fresh_checkpoints
+):
     """Producers' commits leave checkpoints to the workers: after a batch the sent rows are in
     the database file, not only in the WAL."""
     jobs = [services.enqueue_email(message=make_message(i)) for i in range(3)]
@@ -116,6 +124,26 @@ def test_a_worker_folds_the_wal_into_the_database_file_after_a_batch(smtp, broke
     assert _in_the_database_file(sent) == 0
     assert delivery.deliver_due_jobs(job_id=jobs[0].pk) == 3
     assert _in_the_database_file(sent) == 3
+
+
+def test_a_busy_worker_checkpoints_at_most_once_an_interval(
+    smtp, broker, settings, monkeypatch, fresh_checkpoints
+):
+    """Batch after batch, the checkpoint (two fsyncs) is not paid each time: the first batch
+    folds the WAL, the next ones leave their pages in it until the interval has passed."""
+    settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "BATCH_SIZE": 1}
+    monkeypatch.setattr(delivery, "CHECKPOINT_INTERVAL", 3600)
+    jobs = [services.enqueue_email(message=make_message(i)) for i in range(3)]
+    table = EmailJob._meta.db_table
+    sent = f"SELECT count(*) FROM {table} WHERE status = 'sent'"  # noqa: S608 - our table
+    assert delivery.deliver_due_jobs(job_id=jobs[0].pk) == 3
+    assert smtp.count() == 3
+    assert EmailJob.objects.filter(status=EmailJob.Status.SENT).count() == 3
+    assert _in_the_database_file(sent) == 1  # the first batch's; the others wait in the WAL
+    monkeypatch.setattr(delivery, "CHECKPOINT_INTERVAL", 0)
+    services.enqueue_email(message=make_message(3))
+    assert delivery.deliver_due_jobs(job_id=None) == 1
+    assert _in_the_database_file(sent) == 4  # once the interval is over, everything is folded
 
 
 def test_queries_are_still_counted_for_prometheus():

@@ -90,8 +90,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def wal_checkpoint(self) -> None:
         """Copy the WAL's committed pages into the database file now, outside the writer lock
-        (PASSIVE: it waits for no one, and writers go on meanwhile). Workers call it after each
-        batch, so that producers' commits do not (see settings: wal_autocheckpoint)."""
+        (PASSIVE: it waits for no one, and writers go on meanwhile). Workers call it after a
+        batch (at most every delivery.CHECKPOINT_INTERVAL), so that producers' commits do not
+        (see settings: wal_autocheckpoint)."""
         if self.in_atomic_block or self._writer_lock_held or self.is_in_memory_db():
             return
         with self.cursor() as cursor:
