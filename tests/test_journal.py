@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 from notifications import journal
 from notifications.journal import Acceptance
+from tests.support.processes import free_port
 
 
 def acceptance(job_id: int) -> Acceptance:
@@ -24,3 +25,18 @@ def test_an_acceptance_is_kept_with_an_expiry_read_back_and_forgotten(broker):
     }
     journal.forget("claim-1", [7, 8])
     assert not broker.client().exists(key)
+
+
+def test_an_acceptance_is_journaled_after_redis_dropped_the_kept_connection(broker):
+    """Journal writes keep a connection of their own; one Redis closed (a restart, a client
+    kill) is replaced on the spot instead of costing the acceptance its journal entry."""
+    assert journal.record("claim-1", acceptance(7))
+    killed = broker.client().client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    assert journal.record("claim-1", acceptance(8))
+    assert journal.find([(7, "claim-1"), (8, "claim-1")]) == {7: acceptance(7), 8: acceptance(8)}
+
+
+def test_without_redis_an_acceptance_is_not_journaled(settings):
+    settings.EMAIL_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    assert not journal.record("claim-1", acceptance(7))
