@@ -2,14 +2,17 @@
 and every refusal is handled as it is one command at a time."""
 
 import re
+import smtplib
 import socket
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from notifications.conf import SmtpSettings
 from notifications.exceptions import PermanentSendError, TransientSendError
-from notifications.smtp import SmtpClient
+from notifications.smtp import SmtpClient, _quoted
 from tests.support.processes import free_port
 from tests.support.smtp_sink import SmtpSink
 
@@ -137,3 +140,31 @@ def test_a_message_refused_at_the_end_of_data_is_a_permanent_failure(sink):
         send(client, sink.port, ["to@example.org"])
     client.close()
     assert sink.handler.count() == 0
+
+
+def test_unusual_bare_addresses_reach_the_server_as_given(sink):
+    client = SmtpClient()
+    sender, recipient = "o'brien+news@example.org", "!#$%&*/=?^_`{|}~-x.y@mail-1.example.org"
+    send(client, sink.port, [recipient], sender=sender)
+    client.close()
+    ((mail_from, rcpt_tos),) = [(m.mail_from, m.rcpt_tos) for m in sink.handler.messages]
+    assert (mail_from, rcpt_tos) == (sender, [recipient])
+
+
+ATEXT = "ABCXYZabcxyz0189.!#$%&'*+/=?^_`{|}~-"
+
+
+@given(
+    st.one_of(
+        st.builds(
+            "{}@{}".format,
+            st.text(ATEXT, min_size=1, max_size=20),
+            st.text("abcxyz0189.-", min_size=1, max_size=20),
+        ),
+        st.text(max_size=30),
+    )
+)
+def test_envelope_addresses_are_quoted_as_smtplib_quotes_them(address):
+    """The pipelined envelope's own quoting (skipping smtplib's header parser for bare
+    addresses) gives what smtplib.quoteaddr gives."""
+    assert _quoted(address) == smtplib.quoteaddr(address)
