@@ -5,11 +5,12 @@ one it decrypted last (one indexed read), and a new version means new settings, 
 connection and one audited decryption.
 """
 
+import functools
 import logging
 from dataclasses import replace
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 
 from . import crypto, throttle
@@ -102,13 +103,13 @@ def decrypt_secret(token: str, context: str, *, actor: str, purpose: str) -> str
 
 def current_smtp_settings(*, actor: str = "email_service", purpose: str = "send email"):
     """The SMTP settings in force now; SmtpConfigurationError if the password cannot be read."""
-    row = NotificationSettings.objects.filter(pk=NotificationSettings.SINGLETON_ID).first()
-    if row is None:
+    stamp = _row_stamp()
+    if stamp is None:
         return merge_settings(NotificationSettings(), "")
-    stamp = (row.version, row.updated_at)
     cached = _cache.get(actor)
     if cached and cached[0] == stamp:
         return cached[1]
+    row = load_row()  # changed since: a newer row than `stamp` is read again at the next call
     password = ""
     if row.smtp_password_encrypted:
         try:
@@ -120,6 +121,23 @@ def current_smtp_settings(*, actor: str = "email_service", purpose: str = "send 
     merged = merge_settings(row, password)
     _cache[actor] = (stamp, merged)
     return merged
+
+
+def _row_stamp() -> tuple | None:
+    """The row's (version, updated_at), or None without a row: the read every claim makes.
+
+    A statement written once, not a queryset: compiling `.first()` took 0.5 ms a call, ten
+    times the read itself. The values are only compared with those of an earlier call."""
+    with connection.cursor() as cursor:
+        cursor.execute(_stamp_sql(), [NotificationSettings.SINGLETON_ID])
+        return cursor.fetchone()
+
+
+@functools.cache
+def _stamp_sql() -> str:
+    meta, quote = NotificationSettings._meta, connection.ops.quote_name
+    columns = ", ".join(quote(meta.get_field(name).column) for name in ("version", "updated_at"))
+    return f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} = %s"  # noqa: S608
 
 
 def default_from_email() -> str:
