@@ -149,7 +149,7 @@ NOTIFICATIONS = {
     ],
     "CONFIG_ERROR_DELAY": env.float("EMAIL_CONFIG_ERROR_DELAY", default=60.0),
     "LEASE_SECONDS": env.float("EMAIL_LEASE_SECONDS", default=40.0),
-    "BATCH_SIZE": env.int("EMAIL_BATCH_SIZE", default=20),
+    "BATCH_SIZE": env.int("EMAIL_BATCH_SIZE", default=50),
     # SMTP connections each worker process (each thread, with -P threads) sends a batch over at
     # once: a relay that takes tens of ms a message is waited on in parallel, not in turn.
     "SMTP_CONNECTIONS": env.int("EMAIL_SMTP_CONNECTIONS", default=1),
