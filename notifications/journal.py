@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -95,6 +96,25 @@ def record(claim_token: str, acceptance: Acceptance) -> bool:
 _writers = threading.local()
 
 
+class _Writer:
+    """A connection taken out of the client's pool for one thread's journal writes. It goes
+    back (closed) when dropped, also when its thread ends and takes its locals with it."""
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self.pool, self.pid = pool, os.getpid()
+        self.connection = pool.get_connection()
+        self._finalizer = weakref.finalize(self, _give_back, pool, self.connection, self.pid)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _give_back(pool: redis.ConnectionPool, connection, pid: int) -> None:
+    if os.getpid() == pid:  # a forked child leaves its parent's socket alone
+        connection.disconnect()
+        pool.release(connection)
+
+
 def _writer() -> tuple[redis.connection.AbstractConnection, bool]:
     """This thread's own connection for journal writes, kept out of the pool between them, and
     whether it was used before.
@@ -106,22 +126,18 @@ def _writer() -> tuple[redis.connection.AbstractConnection, bool]:
     """
     pool = shared_redis.client().connection_pool
     held = getattr(_writers, "held", None)
-    if held is not None and held[0] is pool and held[1] == os.getpid():
-        return held[2], True
-    if held is not None:
-        _drop_writer()
-    connection = pool.get_connection()
-    _writers.held = (pool, os.getpid(), connection)
-    return connection, False
+    if held is not None and held.pool is pool and held.pid == os.getpid():
+        return held.connection, True
+    _drop_writer()
+    _writers.held = _Writer(pool)
+    return _writers.held.connection, False
 
 
 def _drop_writer() -> None:
     held = getattr(_writers, "held", None)
     _writers.held = None
-    if held is not None and held[1] == os.getpid():  # a parent's socket is the parent's
-        pool, _, connection = held
-        connection.disconnect()
-        pool.release(connection)
+    if held is not None:
+        held.close()
 
 
 def forget(claim_token: str, job_ids: Iterable[int]) -> None:

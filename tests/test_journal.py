@@ -1,5 +1,8 @@
 """The journal of acceptances in Redis: written with its expiry, read back, forgotten."""
 
+import gc
+import threading
+import time
 from datetime import UTC, datetime
 
 from notifications import journal
@@ -40,3 +43,31 @@ def test_an_acceptance_is_journaled_after_redis_dropped_the_kept_connection(brok
 def test_without_redis_an_acceptance_is_not_journaled(settings):
     settings.EMAIL_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     assert not journal.record("claim-1", acceptance(7))
+
+
+def test_a_sending_thread_that_ends_closes_its_journal_connection(broker):
+    """Each sending thread keeps a connection for its journal writes; a thread pool that is
+    replaced must not leave its threads' connections open at Redis."""
+    ids = []
+
+    def journal_and_note_the_connection() -> None:
+        assert journal.record("claim-1", acceptance(7))
+        connection, _ = journal._writer()
+        connection.send_command("CLIENT", "ID")
+        ids.append(str(connection.read_response()))
+
+    thread = threading.Thread(target=journal_and_note_the_connection)
+    thread.start()
+    thread.join()
+    assert journal.find([(7, "claim-1")]) == {7: acceptance(7)}
+    (connection_id,) = ids
+
+    def open_ids() -> set[str]:
+        return {str(client["id"]) for client in broker.client().client_list()}
+
+    del thread
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while connection_id in open_ids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert connection_id not in open_ids()
