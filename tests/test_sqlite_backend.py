@@ -100,11 +100,13 @@ def test_a_lone_insert_that_fails_lets_the_lock_go():
     assert EmailJob.objects.count() == 1
 
 
-def _in_the_database_file(sql: str) -> int:
-    """What the database file itself holds, without the WAL (immutable: the WAL is not read)."""
+def _sent_in_the_database_file() -> int:
+    """Sent jobs as the database file itself holds them, without the WAL (immutable: the WAL is
+    not read)."""
     path = connection.settings_dict["NAME"]
+    sent = f"SELECT count(*) FROM {EmailJob._meta.db_table} WHERE status = 'sent'"  # noqa: S608
     with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as file_only:
-        return file_only.execute(sql).fetchone()[0]
+        return file_only.execute(sent).fetchone()[0]
 
 
 @pytest.fixture
@@ -119,11 +121,9 @@ def test_a_worker_folds_the_wal_into_the_database_file_after_a_batch(
     """Producers' commits leave checkpoints to the workers: after a batch the sent rows are in
     the database file, not only in the WAL."""
     jobs = [services.enqueue_email(message=make_message(i)) for i in range(3)]
-    table = EmailJob._meta.db_table
-    sent = f"SELECT count(*) FROM {table} WHERE status = 'sent'"  # noqa: S608 - our table
-    assert _in_the_database_file(sent) == 0
+    assert _sent_in_the_database_file() == 0
     assert delivery.deliver_due_jobs(job_id=jobs[0].pk) == 3
-    assert _in_the_database_file(sent) == 3
+    assert _sent_in_the_database_file() == 3
 
 
 def test_a_busy_worker_checkpoints_at_most_once_an_interval(
@@ -134,16 +134,14 @@ def test_a_busy_worker_checkpoints_at_most_once_an_interval(
     settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "BATCH_SIZE": 1}
     monkeypatch.setattr(delivery, "CHECKPOINT_INTERVAL", 3600)
     jobs = [services.enqueue_email(message=make_message(i)) for i in range(3)]
-    table = EmailJob._meta.db_table
-    sent = f"SELECT count(*) FROM {table} WHERE status = 'sent'"  # noqa: S608 - our table
     assert delivery.deliver_due_jobs(job_id=jobs[0].pk) == 3
     assert smtp.count() == 3
     assert EmailJob.objects.filter(status=EmailJob.Status.SENT).count() == 3
-    assert _in_the_database_file(sent) == 1  # the first batch's; the others wait in the WAL
+    assert _sent_in_the_database_file() == 1  # the first batch's; the others wait in the WAL
     monkeypatch.setattr(delivery, "CHECKPOINT_INTERVAL", 0)
     services.enqueue_email(message=make_message(3))
     assert delivery.deliver_due_jobs(job_id=None) == 1
-    assert _in_the_database_file(sent) == 4  # once the interval is over, everything is folded
+    assert _sent_in_the_database_file() == 4  # once the interval is over, everything is folded
 
 
 def test_queries_are_still_counted_for_prometheus():
