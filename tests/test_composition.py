@@ -5,8 +5,10 @@ from email.policy import compat32
 from email.utils import formatdate
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.mail import EmailMessage, EmailMultiAlternatives
 from django.core.mail import message as django_message
+from django.core.validators import validate_email
 from django.utils import timezone
 
 from notifications import claiming, composition
@@ -297,3 +299,44 @@ def test_message_ids_stay_unique_when_the_random_module_is_seeded(monkeypatch):
         random.seed(1)
         ids.add(job_fields(EmailMessage("s", "b", FROM, TO))["message_id"])
     assert len(ids) == 2
+
+
+def _accepts(validator, address: str) -> bool:
+    try:
+        validator(address)
+    except ValidationError:
+        return False
+    return True
+
+
+def _random_ascii_addresses(rng: random.Random, count: int):
+    """Addresses around the limits of Django's domain pattern (labels of up to 63 characters,
+    top level domains of 2 to 63 letters, punycode, hyphens at a label's ends, a trailing dot,
+    K and S, whose case folds reach outside ASCII) and arbitrary ASCII text."""
+
+    def text(alphabet: str, longest: int) -> str:
+        length = rng.choice([rng.randint(0, 12), rng.randint(longest - 4, longest)])
+        chars = rng.choices(alphabet, k=length)
+        if length > 2 and rng.random() < 0.3:
+            chars[rng.randrange(1, length - 1)] = "-"
+        hyphens = rng.choices(["", "-"], [19, 1], k=2)
+        return hyphens[0] + "".join(chars) + hyphens[1]
+
+    anything = [chr(code) for code in range(128)]
+    for _ in range(count):
+        labels = [text("abKkSs09", 65) for _ in range(rng.randint(1, 3))]
+        tld = rng.choice([text("abKkSsz", 64), "xn--" + text("ab09", 60)])
+        domain = ".".join([*labels, tld]) + rng.choice(["", "", "."])
+        local = rng.choice(["user", "a.b+tag", "o'brien", "x" * 64, text(anything, 8)])
+        others = [f"{local}@{text(anything, 12)}", text(anything, 30)]
+        yield rng.choice([f"{local}@{domain}"] * 4 + others)
+
+
+def test_ascii_addresses_are_judged_as_djangos_validator_judges_them():
+    """Our quicker validator for ASCII addresses accepts exactly what Django's accepts."""
+    judged = {True: 0, False: 0}
+    for address in _random_ascii_addresses(random.Random(3), 10_000):
+        accepted = _accepts(composition.validate_ascii_email, address)
+        assert accepted == _accepts(validate_email, address), address
+        judged[accepted] += 1
+    assert min(judged.values()) > 1_000, judged  # many of each
