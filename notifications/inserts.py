@@ -24,6 +24,8 @@ from django.db.models import (
     JSONField,
     TextField,
 )
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init, pre_init
 from django.utils import timezone
 
 from .models import EmailJob
@@ -43,18 +45,29 @@ def _inserted_fields() -> tuple[Field, ...]:
 
 
 def new_jobs(values: Iterable[dict], *, now: datetime) -> list[EmailJob]:
-    """EmailJobs from the given field values and the defaults, created and updated `now`.
+    """EmailJobs from the given field values (by attname) and the defaults, created and updated
+    `now`; a callable default (a fresh dict or list) is called for each job.
 
-    Built from positional values as the ORM builds fetched rows, a third of the time keyword
-    arguments take; a callable default (a fresh dict or list) is called for each job.
+    Unless something listens for the model's pre_init or post_init signal, a job is made as
+    `Model.__init__` would make it from these values, without the call: `__init__` sets each of
+    the 33 fields through setattr (6.4 us a job, 0.6 us this way), which stores the value in the
+    instance's dict, since no field of ours has a descriptor that takes a set.
     """
     constant, fresh = _defaults()
     fixed = constant | {"created_at": now, "updated_at": now}
-    in_order = operator.itemgetter(*(field.attname for field in _fields()))
+    rows = (
+        fixed | {f.attname: f.get_default() for f in fresh if f.attname not in given} | given
+        for given in values
+    )
+    if pre_init.has_listeners(EmailJob) or post_init.has_listeners(EmailJob):
+        in_order = operator.itemgetter(*(field.attname for field in _fields()))
+        return [EmailJob(*in_order(row)) for row in rows]
     jobs = []
-    for given in values:
-        row = fixed | {f.attname: f.get_default() for f in fresh if f.attname not in given} | given
-        jobs.append(EmailJob(*in_order(row)))
+    for row in rows:
+        job = EmailJob.__new__(EmailJob)
+        job.__dict__ = row
+        job._state = ModelState()
+        jobs.append(job)
     return jobs
 
 

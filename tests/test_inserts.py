@@ -6,9 +6,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.core.mail import EmailMessage, EmailMultiAlternatives
 from django.db import connection
+from django.db.models.signals import post_init
 from django.utils import timezone
 
 from notifications import inserts, services
+from notifications.composition import job_fields
 from notifications.models import EmailJob
 from tests.factories import make_message
 
@@ -115,6 +117,37 @@ def test_returned_jobs_read_as_stored():
     stored = EmailJob.objects.get(pk=job.pk)
     for field in inserts._inserted_fields():
         assert getattr(job, field.attname) == getattr(stored, field.attname), field.name
+
+
+@pytest.mark.parametrize("listened", [False, True], ids=["made directly", "post_init listened"])
+def test_new_jobs_are_the_instances_the_model_makes(listened):
+    """Made without Model.__init__ unless a signal listens: then through it, so it is sent."""
+    now = timezone.now()
+    values = [
+        {**job_fields(message), "next_attempt_at": now, "dispatched_at": now}
+        for message in varied_messages()
+    ]
+    seen = []
+
+    def note(sender, instance, **kwargs):
+        seen.append(instance)
+
+    if listened:
+        post_init.connect(note, sender=EmailJob)
+    try:
+        jobs = inserts.new_jobs(values, now=now)
+    finally:
+        post_init.disconnect(note, sender=EmailJob)
+    assert seen == (jobs if listened else [])
+    attnames = {field.attname for field in EmailJob._meta.concrete_fields}
+    for job, given in zip(jobs, values, strict=True):
+        made = EmailJob(**{"created_at": now, "updated_at": now, **given})
+        assert {name: getattr(job, name) for name in attnames} == {
+            name: getattr(made, name) for name in attnames
+        }
+        assert set(vars(job)) == attnames | {"_state"}
+        assert (job._state.adding, job._state.db) == (True, None)
+        assert job.pk is None and job.get_status_display() == made.get_status_display()
 
 
 def test_no_messages_write_no_job(broker):
