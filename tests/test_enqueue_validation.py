@@ -115,6 +115,8 @@ def test_a_message_id_already_queued_is_refused_clearly():
     again = EmailMessage("s", "b", to=[GOOD], headers={"Message-ID": "<x@y>"})
     with pytest.raises(EmailRejected, match=r"Message-ID <x@y> is already queued as job \d+"):
         services.enqueue_email(message=again)
+    with pytest.raises(EmailRejected, match=r"Message-ID <x@y> is already queued"):  # many rows
+        services.enqueue_emails(messages=[EmailMessage("s", "b", to=[GOOD]), again])
     twice = [EmailMessage("s", "b", to=[GOOD], headers={"Message-ID": "<z@y>"}) for _ in range(2)]
     with pytest.raises(EmailRejected, match="given to two messages"):
         services.enqueue_emails(messages=twice)

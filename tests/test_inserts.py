@@ -1,5 +1,6 @@
 """What enqueue_emails() writes without the ORM: the rows bulk_create writes, with the right ids."""
 
+import contextlib
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -7,6 +8,7 @@ import pytest
 from django.core.mail import EmailMessage, EmailMultiAlternatives
 from django.db import connection
 from django.db.models.signals import post_init
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from notifications import inserts, services
@@ -61,17 +63,26 @@ def stored_rows(pks) -> list[tuple]:
     return [row for row in rows if row["id"] in pks]
 
 
-@pytest.mark.parametrize("one_at_a_time", [False, True], ids=["one call", "send_mail each"])
-def test_rows_are_those_bulk_create_writes_for_the_same_jobs(one_at_a_time):
-    """Many rows are prepared a column at a time, a lone row (send_mail()) a value at a time."""
-    if one_at_a_time:
-        jobs = [
-            job
-            for message in varied_messages()
-            for job in services.enqueue_emails(messages=[message], priority="low")
-        ]
-    else:
-        jobs = services.enqueue_emails(messages=varied_messages(), priority="low")
+@pytest.mark.parametrize(
+    ("one_at_a_time", "watched"),
+    [(False, False), (True, False), (False, True)],
+    ids=["one call", "send_mail each", "one call, queries watched"],
+)
+def test_rows_are_those_bulk_create_writes_for_the_same_jobs(one_at_a_time, watched):
+    """Many rows are prepared a column at a time, a lone row (send_mail()) a value at a time.
+    They are written by the driver's own means (SQLite's connection, PostgreSQL's COPY), or
+    through Django's cursor, where DEBUG's query log and execute wrappers see them."""
+    with CaptureQueriesContext(connection) if watched else contextlib.nullcontext() as queries:
+        if one_at_a_time:
+            jobs = [
+                job
+                for message in varied_messages()
+                for job in services.enqueue_emails(messages=[message], priority="low")
+            ]
+        else:
+            jobs = services.enqueue_emails(messages=varied_messages(), priority="low")
+    if watched:
+        assert any(query["sql"].startswith("INSERT INTO") for query in queries.captured_queries)
     # The ORM writes copies of the same jobs; only their Message-IDs (unique) differ.
     copies = [
         EmailJob(**{f.attname: getattr(job, f.attname) for f in inserts._inserted_fields()})
