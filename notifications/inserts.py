@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
+import psycopg
 from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import (
     CharField,
@@ -237,6 +238,8 @@ def _insert_batch(batch: list[tuple], database, *, full: bool) -> list[tuple]:
     if len(batch) > 1 and database.vendor == "postgresql" and not watched:
         return _copy_batch(batch, database)
     params = list(itertools.chain.from_iterable(batch))
+    if database.vendor == "postgresql" and not watched:
+        return _insert_bound_on_server(_insert_sql(database, 1, keep=True), params, database)
     # Kept: one row (send_mail()) and full statements. A full one is ~60 KB of text; the tails
     # of bulk calls, of any length up to that, are built each time.
     keep = len(batch) == 1 or full
@@ -252,6 +255,20 @@ def _insert_batch(batch: list[tuple], database, *, full: bool) -> list[tuple]:
             cursor.execute(_unnest_insert_sql(database), columns)
         else:
             cursor.execute(_insert_sql(database, len(batch), keep=keep), params)
+        return cursor.fetchall()
+
+
+def _insert_bound_on_server(statement: str, params: list, database) -> list[tuple]:
+    """PostgreSQL, one row (send_mail()): the INSERT with its values sent apart from its text.
+
+    Django binds parameters on the client: psycopg quotes each of the 31 values into the text in
+    Python, 0.1 ms of CPU a call, more than the rest of send_mail()'s own work. A cursor that
+    binds on the server sends them as they are, dumped in C (one INSERT in autocommit: 227 ->
+    130 us of CPU, 645 -> 555 us of wall time, mostly the commit)."""
+    database.ensure_connection()
+    database.validate_no_broken_transaction()
+    with database.wrap_database_errors, psycopg.Cursor(database.connection) as cursor:
+        cursor.execute(statement, params)
         return cursor.fetchall()
 
 
