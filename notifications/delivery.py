@@ -272,9 +272,10 @@ class _WalCheckpoints:
         self.last = float("-inf")
 
     def after_batch(self) -> None:
-        if time.monotonic() - self.last < CHECKPOINT_INTERVAL:
+        now = time.monotonic()
+        if now - self.last < CHECKPOINT_INTERVAL:
             return
-        self.last = time.monotonic()
+        self.last = now
         checkpoint = getattr(connection, "wal_checkpoint", None)
         if checkpoint is None:
             return

@@ -111,8 +111,11 @@ def _sent_in_the_database_file() -> int:
 
 @pytest.fixture
 def fresh_checkpoints(monkeypatch):
-    """This process has checkpointed no batch yet."""
+    """This process has checkpointed no batch yet, and the database file itself holds the
+    tables: the tests read it without the WAL, where a test run alone would find the schema."""
     monkeypatch.setattr(delivery, "wal_checkpoints", delivery._WalCheckpoints())
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def test_a_worker_folds_the_wal_into_the_database_file_after_a_batch(
