@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.core.mail import EmailMessage, EmailMultiAlternatives
 from django.db import connection
+from django.db.models import JSONField
 from django.db.models.signals import post_init
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -163,6 +164,26 @@ def test_new_jobs_are_the_instances_the_model_makes(listened):
         assert set(vars(job)) == attnames | {"_state"}
         assert (job._state.adding, job._state.db) == (True, None)
         assert job.pk is None and job.get_status_display() == made.get_status_display()
+
+
+def test_json_goes_to_copy_as_its_text_and_null_as_null():
+    """PostgreSQL's COPY path: each adapted JSON value becomes its text (a shared empty one too,
+    wherever it recurs); a None stays None, for the column to refuse as the INSERT's would."""
+    from psycopg.types.json import Jsonb
+
+    kinds = inserts._kinds()
+    json_columns = [index for index, kind in enumerate(kinds) if kind is JSONField]
+    shared = Jsonb([])
+    rows = []
+    for value in (shared, Jsonb(["a@example.org"]), None, shared):
+        rows.append(tuple(value if index in json_columns else "x" for index in range(len(kinds))))
+    texts = list(inserts._json_as_text(rows))
+    for index in json_columns:
+        assert [row[index] for row in texts] == ["[]", '["a@example.org"]', None, "[]"]
+    others = [
+        row[index] for row in texts for index in range(len(kinds)) if index not in json_columns
+    ]
+    assert set(others) == {"x"}
 
 
 def test_on_sqlite_the_send_path_does_not_load_psycopg(tmp_path):
