@@ -112,7 +112,8 @@ def _sent_in_the_database_file() -> int:
 @pytest.fixture
 def fresh_checkpoints(monkeypatch):
     """This process has checkpointed no batch yet, and the database file itself holds the
-    tables: the tests read it without the WAL, where a test run alone would find the schema."""
+    tables: the tests read the file without its WAL, and in a test run alone the schema was
+    still only in the WAL."""
     monkeypatch.setattr(delivery, "wal_checkpoints", delivery._WalCheckpoints())
     with connection.cursor() as cursor:
         cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
