@@ -27,18 +27,16 @@ every message.
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import compare  # noqa: E402
-import databases  # noqa: E402
+import local_stack  # noqa: E402
 import throughput as tp  # noqa: E402
 from bench_driver import BODY, RECIPIENT, SENDER, SUBJECT  # noqa: E402
 
@@ -47,35 +45,11 @@ MODES = ("drain", "bulk")
 
 def one_round(mode: str, messages: int, repeats: int, database_url: str | None) -> dict:
     """Run `mode` `repeats` times in this process against the project in the current directory."""
-    workdir = Path(tempfile.mkdtemp(prefix="vertex-inprocess-"))
-    catcher = None
-    server = databases.server(database_url)
-    try:
-        database = server.new("inprocess", workdir / "inprocess.sqlite3")
-        redis = tp.Redis(workdir)
-        catcher = compare.SinkCatcher(*compare.find_smtp_sink(None), workdir)
-        os.environ.update(
-            {
-                "DJANGO_SETTINGS_MODULE": "vertex_email.settings",
-                "DATABASE_URL": database.url,
-                "CELERY_BROKER_URL": redis.url,
-                "SMTP_HOST": tp.HOST,
-                "SMTP_PORT": str(catcher.smtp_port),
-                "DJANGO_ENV": "development",
-                "DJANGO_DEBUG": "false",
-                "LOG_LEVEL": "WARNING",
-            }
-        )
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--verbosity", "0"], check=True, timeout=180
-        )
-        sys.path.insert(0, os.getcwd())
-        import django
-
-        django.setup()
+    with local_stack.project_in_this_process(
+        Path.cwd(), name="inprocess", database_url=database_url
+    ) as stack:
         from django.core.mail import EmailMessage
 
-        import vertex_email  # noqa: F401 - the Celery app, for publishing
         from notifications import delivery, services, wakeups
         from notifications.models import EmailJob
 
@@ -91,21 +65,12 @@ def one_round(mode: str, messages: int, repeats: int, database_url: str | None) 
         samples = []
         for _ in range(repeats):  # the median of a few in this process, after a warmed-up one
             EmailJob.objects.all().delete()
-            samples.append(_timed(mode, batch(), redis, catcher))
+            samples.append(_timed(mode, batch(), stack.redis, stack.catcher))
         return {
             "wall_us": statistics.median(wall for wall, _, _ in samples) / messages * 1e6,
             "cpu_us": statistics.median(cpu for _, cpu, _ in samples) / messages * 1e6,
             "done": min(done for _, _, done in samples),
         }
-    finally:
-        if catcher is not None:
-            catcher.close()
-        tp.end_all()
-        from django.db import connections
-
-        connections.close_all()
-        server.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _timed(mode: str, messages: list, redis, catcher) -> tuple[float, float, int]:

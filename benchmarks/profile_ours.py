@@ -17,19 +17,14 @@ process, one thread, no Celery worker: what it shows is the cost of our code, no
 import argparse
 import cProfile
 import io
-import os
 import pstats
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import compare
-import databases
+import local_stack
 import throughput as tp
 from bench_driver import BODY, RECIPIENT, SENDER, SUBJECT
 
@@ -70,126 +65,96 @@ def main() -> int:
     args = parser.parse_args()
     if not 1 <= args.messages <= 20_000:
         parser.error("--messages must be between 1 and 20000")
-    workdir = Path(tempfile.mkdtemp(prefix="vertex-profile-"))
-    catcher = None
-    server = databases.server(args.database_url)
-    try:
-        database = server.new("profile", workdir / "profile.sqlite3")
-        redis = tp.Redis(workdir)
-        sink = None if args.accept_delay else compare.find_smtp_sink(None)
-        catcher = (
-            compare.SinkCatcher(*sink, workdir) if sink else compare.AioCatcher(args.accept_delay)
-        )
-        os.environ.update(
-            {
-                "DJANGO_SETTINGS_MODULE": "vertex_email.settings",
-                "DATABASE_URL": database.url,
-                "CELERY_BROKER_URL": redis.url,
-                "SMTP_HOST": tp.HOST,
-                "SMTP_PORT": str(catcher.smtp_port),
-                "DJANGO_ENV": "development",
-                "DJANGO_DEBUG": "false",
-                "LOG_LEVEL": "WARNING",
-                "EMAIL_SMTP_CONNECTIONS": str(args.connections),
-            }
-        )
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--verbosity", "0"],
-            cwd=ROOT,
-            check=True,
-            timeout=180,
-        )
-        sys.path.insert(0, str(ROOT))
-        import django
+    with local_stack.project_in_this_process(
+        ROOT,
+        name="profile",
+        database_url=args.database_url,
+        accept_delay=args.accept_delay,
+        environment={"EMAIL_SMTP_CONNECTIONS": str(args.connections)},
+    ) as stack:
+        return profile_all(args, stack)
 
-        django.setup()
-        from celery import current_app
-        from django.core.mail import EmailMessage, send_mail
-        from django.db import transaction
-        from django.utils import timezone
 
-        import vertex_email  # noqa: F401 - the Celery app
-        from notifications import delivery, publishing, services
-        from notifications.composition import job_fields
-        from notifications.models import EmailJob
+def profile_all(args: argparse.Namespace, stack: local_stack.Stack) -> int:
+    """The three parts of the report, in a process `project_in_this_process` set up."""
+    redis, catcher = stack.redis, stack.catcher
+    from celery import current_app
+    from django.core.mail import EmailMessage, send_mail
+    from django.db import transaction
+    from django.utils import timezone
 
-        n = args.messages
+    from notifications import delivery, publishing, services
+    from notifications.composition import job_fields
+    from notifications.models import EmailJob
 
-        def message() -> EmailMessage:
-            return EmailMessage(SUBJECT, BODY, SENDER, [RECIPIENT])
+    n = args.messages
 
-        def row_only() -> None:
-            now = timezone.now()
-            with transaction.atomic():
-                EmailJob.objects.bulk_create(
-                    [EmailJob(**job_fields(message()), next_attempt_at=now, dispatched_at=now)]
-                )
+    def message() -> EmailMessage:
+        return EmailMessage(SUBJECT, BODY, SENDER, [RECIPIENT])
 
-        def depth_over_pool() -> int:
-            with current_app.pool.acquire(block=True) as connection:
-                return connection.default_channel.client.llen(publishing.QUEUE)
+    def row_only() -> None:
+        now = timezone.now()
+        with transaction.atomic():
+            EmailJob.objects.bulk_create(
+                [EmailJob(**job_fields(message()), next_attempt_at=now, dispatched_at=now)]
+            )
 
-        parts = {
-            "job_fields(): validate (a simple message: no render)": lambda: job_fields(message()),
-            "the row: job_fields() + INSERT + COMMIT": row_only,
-            "publishing._messages_waiting(): the wake-up's queue-depth check": (
-                publishing._messages_waiting
-            ),
-            "a bare LLEN over the app's connection pool, for comparison": depth_over_pool,
-            "publishing.publish_jobs([id]): one send task": lambda: publishing.publish_jobs([0]),
-            "send_mail(), all of it": lambda: send_mail(SUBJECT, BODY, SENDER, [RECIPIENT]),
-        }
-        print(f"{server.summary}; catcher {catcher.name}")
-        print(f"{n} calls each, one thread, no worker running\n")
-        print("1. Parts of one send_mail(), median ms")
-        for name, function in parts.items():
-            redis.client.delete(publishing.QUEUE)
-            print(f"   {timed(function, n):7.3f}  {name}")
+    def depth_over_pool() -> int:
+        with current_app.pool.acquire(block=True) as connection:
+            return connection.default_channel.client.llen(publishing.QUEUE)
 
-        EmailJob.objects.all().delete()
-        redis.client.flushall()
+    parts = {
+        "job_fields(): validate (a simple message: no render)": lambda: job_fields(message()),
+        "the row: job_fields() + INSERT + COMMIT": row_only,
+        "publishing._messages_waiting(): the wake-up's queue-depth check": (
+            publishing._messages_waiting
+        ),
+        "a bare LLEN over the app's connection pool, for comparison": depth_over_pool,
+        "publishing.publish_jobs([id]): one send task": lambda: publishing.publish_jobs([0]),
+        "send_mail(), all of it": lambda: send_mail(SUBJECT, BODY, SENDER, [RECIPIENT]),
+    }
+    print(f"{stack.summary}; catcher {catcher.name}")
+    print(f"{n} calls each, one thread, no worker running\n")
+    print("1. Parts of one send_mail(), median ms")
+    for name, function in parts.items():
+        redis.client.delete(publishing.QUEUE)
+        print(f"   {timed(function, n):7.3f}  {name}")
 
-        def enqueue() -> None:
-            for number in range(n):
-                if number % 5 == 0:  # workers would keep the queue short: publish every call
-                    redis.client.delete(publishing.QUEUE)
-                send_mail(SUBJECT, BODY, SENDER, [RECIPIENT])
+    EmailJob.objects.all().delete()
+    redis.client.flushall()
 
-        start = time.perf_counter()
-        report = profile(enqueue, args.top)
-        print(f"\n2. send_mail() x{n} under cProfile: {time.perf_counter() - start:.2f}s")
-        print(report)
+    def enqueue() -> None:
+        for number in range(n):
+            if number % 5 == 0:  # workers would keep the queue short: publish every call
+                redis.client.delete(publishing.QUEUE)
+            send_mail(SUBJECT, BODY, SENDER, [RECIPIENT])
 
-        EmailJob.objects.all().delete()
-        services.enqueue_emails(messages=[message() for _ in range(n)])
-        redis.client.flushall()
-        catcher.reset()
+    start = time.perf_counter()
+    report = profile(enqueue, args.top)
+    print(f"\n2. send_mail() x{n} under cProfile: {time.perf_counter() - start:.2f}s")
+    print(report)
 
-        def drain() -> None:
-            while delivery.deliver_due_jobs(job_id=None):
-                pass
+    EmailJob.objects.all().delete()
+    services.enqueue_emails(messages=[message() for _ in range(n)])
+    redis.client.flushall()
+    catcher.reset()
 
-        start, cpu = time.perf_counter(), time.process_time()
-        report = profile(drain, args.top)
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-        sent = EmailJob.objects.filter(status=EmailJob.Status.SENT).count()
-        print(
-            f"\n3. deliver_due_jobs() draining {n} jobs in one process under cProfile: "
-            f"{seconds:.2f}s, {sent} sent, {catcher.count()} at the catcher; {cpu:.2f}s of CPU "
-            f"(every thread; the profile shows the task's thread only), catcher delay "
-            f"{args.accept_delay:g} ms, {args.connections} SMTP connection(s)"
-        )
-        print(report)
-        return 0 if sent == n else 1
-    finally:
-        if catcher is not None:
-            catcher.close()
-        tp.end_all()
-        from django.db import connections
+    def drain() -> None:
+        while delivery.deliver_due_jobs(job_id=None):
+            pass
 
-        connections.close_all()
-        server.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+    start, cpu = time.perf_counter(), time.process_time()
+    report = profile(drain, args.top)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    sent = EmailJob.objects.filter(status=EmailJob.Status.SENT).count()
+    print(
+        f"\n3. deliver_due_jobs() draining {n} jobs in one process under cProfile: "
+        f"{seconds:.2f}s, {sent} sent, {catcher.count()} at the catcher; {cpu:.2f}s of CPU "
+        f"(every thread; the profile shows the task's thread only), catcher delay "
+        f"{args.accept_delay:g} ms, {args.connections} SMTP connection(s)"
+    )
+    print(report)
+    return 0 if sent == n else 1
 
 
 if __name__ == "__main__":
