@@ -8,12 +8,13 @@ which no backend adapts, is taken as it is; then one precompiled INSERT takes 50
 tests/test_inserts.py compares the rows with those bulk_create writes.
 """
 
+import contextlib
 import functools
 import itertools
 import json
 import operator
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 
 from django.db.backends.base.operations import BaseDatabaseOperations
@@ -245,11 +246,9 @@ def _insert_batch(batch: list[tuple], database, *, full: bool) -> list[tuple]:
     # of bulk calls, of any length up to that, are built each time.
     keep = len(batch) == 1 or full
     if database.vendor == "sqlite" and not watched:
-        database.ensure_connection()
-        database.validate_no_broken_transaction()
         statement = _insert_sql(database, len(batch), keep=keep, placeholder="?")
-        with database.wrap_database_errors:
-            return database.connection.execute(statement, params).fetchall()
+        with _drivers_connection(database) as driver:
+            return driver.execute(statement, params).fetchall()
     with database.cursor() as cursor:
         if len(batch) > 1 and database.vendor == "postgresql":
             columns = [list(column) for column in zip(*batch, strict=True)]
@@ -257,6 +256,17 @@ def _insert_batch(batch: list[tuple], database, *, full: bool) -> list[tuple]:
         else:
             cursor.execute(_insert_sql(database, len(batch), keep=keep), params)
         return cursor.fetchall()
+
+
+@contextlib.contextmanager
+def _drivers_connection(database) -> Iterator:
+    """The driver's own connection (sqlite3's, psycopg's), with what Django's cursor would do
+    around a statement: connect if needed, refuse to run in a transaction already broken, and
+    turn the driver's errors into Django's (a reused Message-ID is an IntegrityError)."""
+    database.ensure_connection()
+    database.validate_no_broken_transaction()
+    with database.wrap_database_errors:
+        yield database.connection
 
 
 def _insert_bound_on_server(statement: str, params: list, database) -> list[tuple]:
@@ -268,9 +278,7 @@ def _insert_bound_on_server(statement: str, params: list, database) -> list[tupl
     130 us of CPU, 645 -> 555 us of wall time, mostly the commit)."""
     import psycopg  # here: on SQLite it is never needed, and importing it costs 24 MiB of RSS
 
-    database.ensure_connection()
-    database.validate_no_broken_transaction()
-    with database.wrap_database_errors, psycopg.Cursor(database.connection) as cursor:
+    with _drivers_connection(database) as driver, psycopg.Cursor(driver) as cursor:
         cursor.execute(statement, params)
         return cursor.fetchall()
 
@@ -284,10 +292,8 @@ def _copy_batch(batch: list[tuple], database) -> list[tuple]:
     on the client: 47% of a bulk enqueue_emails()'s time. COPY formats the rows in psycopg's C
     code; JSON goes as its text, dumped once for the empty lists and dicts most rows share.
     Errors are Django's, as for the INSERT: a reused Message-ID is an IntegrityError."""
-    database.ensure_connection()
-    database.validate_no_broken_transaction()
     message_id = _inserted_fields().index(EmailJob._meta.get_field("message_id"))
-    with database.wrap_database_errors, database.connection.cursor() as cursor:
+    with _drivers_connection(database) as driver, driver.cursor() as cursor:
         cursor.execute(NEXT_IDS, [EmailJob._meta.db_table, EmailJob._meta.pk.column, len(batch)])
         ids = [pk for (pk,) in cursor.fetchall()]
         with cursor.copy(_copy_sql(database)) as copy:
