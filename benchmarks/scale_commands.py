@@ -22,6 +22,7 @@ that their figures include it rather than a refused connection.
     .venv/bin/python benchmarks/scale_commands.py             # 1,000,000 jobs, /tmp/scale.sqlite3
     .venv/bin/python benchmarks/scale_commands.py --reuse     # keep the rows of an earlier run
     .venv/bin/python benchmarks/scale_commands.py --database-url postgres://u:p@127.0.0.1/scale_db
+    ... --reuse --no-purge --search-index on    # the admin's search with its index (PostgreSQL)
 """
 
 import argparse
@@ -57,6 +58,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=5, help="Runs of each read; median shown.")
     parser.add_argument("--reuse", action="store_true", help="Keep the rows already there.")
     parser.add_argument("--no-purge", action="store_true", help="Skip the (destructive) purge.")
+    parser.add_argument(
+        "--search-index",
+        choices=("on", "off"),
+        help="PostgreSQL: build (timed) or drop the admin's search index before the reads.",
+    )
     parser.add_argument("--purge-batch-size", type=int, help="The purge's --batch-size.")
     return parser.parse_args()
 
@@ -304,7 +310,10 @@ def admin_reads(user) -> list[tuple[str, str]]:
         terms = {
             "search a recipient": f"user{jobs // 3 % 50_000}@example.org",
             "search a message id": f"<{jobs // 2}@scale.example>",
-            "search a word no job has": "rejected",  # the worst case: nothing ends the scan early
+            "search part of an address": f"user{jobs // 7 % 50_000}@",
+            "search part of a subject": f"Message {jobs // 5}",
+            "search a word no job has": "rejected",  # without an index, a scan to the end
+            "search text every job has": "example.org",  # with an index, every job matches
         }
         reads += [(label, f"q={quote(term)}") for label, term in terms.items()]
     return reads
@@ -410,6 +419,20 @@ def report_summary() -> None:
         print(f"  {name:<{width}} {ms:8.1f}   <{GOAL_MS} ms: {'yes' if ms < GOAL_MS else 'no'}")
 
 
+def switch_search_index(on: bool) -> None:
+    from django.db import connection
+
+    from notifications import search_index
+
+    start = time.perf_counter()
+    (search_index.create_search_index if on else search_index.drop_search_index)()
+    print(f"search index {'built' if on else 'dropped'} in {time.perf_counter() - start:.1f} s")
+    with connection.cursor() as cursor:
+        for name in search_index.INDEXES:
+            cursor.execute("SELECT pg_size_pretty(pg_relation_size(to_regclass(%s)))", [name])
+            print(f"  {name}: {cursor.fetchone()[0] or 'absent'}")
+
+
 def main() -> None:
     args = parse_args()
     setup_django(args.database_url)
@@ -423,6 +446,8 @@ def main() -> None:
     if not (args.reuse and EmailJob.objects.exists()):
         build(args.jobs, args.days, args.mime_bytes, args.healthy_days)
     print(f"{EmailJob.objects.count():,} jobs")
+    if args.search_index:
+        switch_search_index(args.search_index == "on")
     report_queries(args.repeat)
     report_commands(args.repeat, args.purge_days)
     client, user = superuser_client()

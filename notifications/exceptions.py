@@ -61,3 +61,7 @@ class EncryptionKeyError(ConfigurationError):
 
 class SecretDecryptionError(ConfigurationError):
     """A stored secret cannot be decrypted with the loaded keys."""
+
+
+class SearchIndexUnavailable(NotificationError):
+    """The database offers no search index (SQLite); the admin's text search reads every job."""

@@ -2,13 +2,14 @@
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from notifications.admin import CappedCountPaginator
 from notifications.composition import job_fields
 from notifications.models import AuditLogEntry, EmailAttempt, EmailJob
+from notifications.search_index import create_search_index, drop_search_index
 from notifications.smtp_config import audit
 from tests.factories import EmailJobFactory, make_message
 
@@ -120,6 +121,37 @@ def test_a_whole_address_or_message_id_is_looked_up_without_a_scan(admin_client,
         job_url(failed_job)
         not in admin_client.get(JOBS_URL, {"q": "ser1@example.org"}).content.decode()
     )
+
+
+@pytest.fixture
+def search_index():
+    """The trigram indexes of `email_queue search-index --on`, built outside a transaction."""
+    create_search_index()
+    yield
+    drop_search_index()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the search index is PostgreSQL's")
+@pytest.mark.django_db(transaction=True)
+def test_with_the_search_index_a_search_within_texts_is_served_by_it(
+    search_index, admin_client, failed_job
+):
+    other = EmailJobFactory(index=2)
+    with CaptureQueriesContext(connection) as queries:
+        page = admin_client.get(JOBS_URL, {"q": "essage 1"}).content.decode()
+    assert job_url(failed_job) in page
+    assert job_url(other) not in page
+    searches = [q["sql"] for q in queries.captured_queries if " LIKE " in q["sql"]]
+    assert len(searches) == 2  # the capped count and the page
+    with transaction.atomic(), connection.cursor() as cursor:
+        # The table is tiny, so the planner would read it all: the question is whether it can.
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_indexscan = off")  # nor walk the (created_at) index
+        for sql in searches:
+            cursor.execute(f"EXPLAIN {sql}")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "emailjob_recipient_trgm" in plan, plan
+            assert "emailjob_subject_trgm" in plan, plan
 
 
 def test_filter_by_status_and_date(admin_client, failed_job):

@@ -9,6 +9,7 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from django.utils import timezone
 
 from notifications import delivery, services
@@ -343,3 +344,31 @@ def test_exit_codes_on_the_command_line(worker_env):
         not_pending.stderr
     )
     assert manage("purge", "--status", "pending", "--older-than", "1").returncode == 2
+
+
+@pytest.mark.skipif(connection.vendor == "postgresql", reason="SQLite's answer")
+def test_search_index_on_sqlite_says_there_is_none():
+    with pytest.raises(CommandError, match=r"PostgreSQL's .*reads every job"):
+        run("search-index", "--on")
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the search index is PostgreSQL's")
+@pytest.mark.django_db(transaction=True)  # CREATE INDEX CONCURRENTLY needs no transaction
+def test_search_index_is_built_shown_and_dropped():
+    names = ("emailjob_recipient_trgm", "emailjob_subject_trgm")
+    try:
+        assert json.loads(run("search-index", "--json")) == dict.fromkeys(names, "absent")
+        shown = run("search-index", "--on")
+        assert shown.split() == [names[0], "ready", names[1], "ready"]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE indexname = ANY(%s)",
+                [list(names)],
+            )
+            built = dict(cursor.fetchall())
+        assert "gin (upper((recipient)::text) gin_trgm_ops)" in built[names[0]]
+        assert "gin (upper(subject) gin_trgm_ops)" in built[names[1]]
+        assert json.loads(run("search-index", "--on", "--json")) == dict.fromkeys(names, "ready")
+        assert json.loads(run("search-index", "--off", "--json")) == dict.fromkeys(names, "absent")
+    finally:
+        run("search-index", "--off")

@@ -1,4 +1,5 @@
-"""email_queue: inspect and repair the queue (stats, failed, retry, cancel, purge)."""
+"""email_queue: inspect and repair the queue (stats, failed, retry, cancel, purge), and turn the
+admin's search index on or off (search-index)."""
 
 import argparse
 import json
@@ -6,9 +7,11 @@ from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import DatabaseError
 from django.utils import timezone
 
-from notifications import selectors, services
+from notifications import search_index, selectors, services
+from notifications.exceptions import SearchIndexUnavailable
 from notifications.models import EmailJob
 
 Status = EmailJob.Status
@@ -109,8 +112,18 @@ class Command(BaseCommand):
         )
         purge.add_argument("--dry-run", action="store_true", help="Only count what would go.")
 
+        search = commands.add_parser(
+            "search-index",
+            parents=[json_flag],
+            help="PostgreSQL: show, build (--on) or drop (--off) the trigram indexes that make "
+            "the admin's text search fast, at a cost to every job written.",
+        )
+        switch = search.add_mutually_exclusive_group()
+        switch.add_argument("--on", action="store_true", help="Build them (CONCURRENTLY).")
+        switch.add_argument("--off", action="store_true", help="Drop them.")
+
     def handle(self, *args, **options):
-        getattr(self, f"handle_{options['command']}")(options)
+        getattr(self, f"handle_{options['command'].replace('-', '_')}")(options)
 
     def emit(self, options, data, text: str) -> None:
         self.stdout.write(json.dumps(data, cls=DjangoJSONEncoder) if options["json"] else text)
@@ -198,6 +211,20 @@ class Command(BaseCommand):
             f"Deleted {deleted['jobs']} {status} job(s) created more than {days} day(s) ago "
             f"and their {deleted['attempts']} attempt(s).",
         )
+
+    def handle_search_index(self, options):
+        try:
+            if options["on"]:
+                search_index.create_search_index()
+            elif options["off"]:
+                search_index.drop_search_index()
+            state = search_index.search_index_state()
+        except SearchIndexUnavailable as error:
+            raise CommandError(str(error)) from None
+        except DatabaseError as error:  # e.g. no right to create the pg_trgm extension
+            raise CommandError(f"The search index could not be changed: {error}") from None
+        lines = [f"{name:<24} {status}" for name, status in state.items()]
+        self.emit(options, state, "\n".join(lines))
 
 
 def _one_line(text: str, limit: int = 200) -> str:
