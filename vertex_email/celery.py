@@ -51,8 +51,22 @@ def _share_memory_with_the_pool(sender=None, **kwargs) -> None:
     django.setup()
     import notifications.tasks  # noqa: F401 - the send path's modules, before the fork
 
+    _parse_pdeathsig_declaration()
     gc.collect()
     gc.freeze()
+
+
+def _parse_pdeathsig_declaration() -> None:
+    """Each pool child asks the kernel to kill it when the parent dies (billiard's
+    set_pdeathsig), through cffi when it is installed, as cryptography needs it: cffi parses a
+    C declaration, importing pycparser and building its parser, 2.5-3 MiB in each child. Done
+    once here, before the fork, the children share it."""
+    import contextlib
+
+    from billiard.util import get_pdeathsig
+
+    with contextlib.suppress(OSError):  # not Linux
+        get_pdeathsig()
 
 
 @worker_ready.connect
