@@ -108,6 +108,17 @@ def test_search_by_exact_message_id_recipient_and_subject(admin_client, failed_j
     assert job_url(failed_job) not in admin_client.get(JOBS_URL, {"q": partial}).content.decode()
 
 
+def test_a_message_id_a_sender_gave_is_found_even_when_it_is_not_an_address(admin_client):
+    odd = EmailJobFactory(index=3)
+    EmailJob.objects.filter(pk=odd.pk).update(message_id="<campaign-42 part 7>")
+    other = EmailJobFactory(index=4)
+    page = admin_client.get(JOBS_URL, {"q": "<campaign-42 part 7>"}).content.decode()
+    assert job_url(odd) in page
+    assert job_url(other) not in page
+    unfiltered = admin_client.get(JOBS_URL).content.decode()
+    assert job_url(odd) in unfiltered and job_url(other) in unfiltered
+
+
 def test_a_whole_address_or_message_id_is_looked_up_without_a_scan(admin_client, failed_job):
     other = EmailJobFactory(index=2)
     bare_id = failed_job.message_id.strip("<>")
