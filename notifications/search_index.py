@@ -2,10 +2,10 @@
 and subject texts its search compares, made and dropped by `email_queue search-index`.
 
 Optional because it is not free (decision 51): on a million jobs it turns a search for text that
-is not a whole address from a 1.8 s scan into milliseconds, but every job written pays for about
-sixty index entries, which on this project's machine took the server 27 -> 85 us a row. That
-is a third of a bulk enqueue's time, for a search operators run now and then. A team that
-searches often turns it on; the queue's speed without it is the default.
+is not a whole address from a 1.3-1.6 s scan into 22-155 ms, but every job written pays for
+about sixty index entries: on that table a bulk enqueue took 40-60% longer, for a search
+operators run now and then. A team that searches often turns it on; the queue's speed without
+it is the default.
 
 Each index is on the expression Django's case-insensitive `icontains` compares on PostgreSQL,
 `UPPER(column::text)`, so the admin's own query is served as it is (a test reads the plan).
