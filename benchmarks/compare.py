@@ -27,6 +27,9 @@ Sections (--sections):
               (ours: -c 2 with EMAIL_SMTP_CONNECTIONS=10 is 20 connections, as peers' -c 20)
   latency     ours, idle queue: send_mail() returning -> message at the catcher, p50/p99
   memory      ours, worker PSS (summed over its processes) after 2,000 and after 20,000 messages
+  scale       ours, a table of --scale-jobs jobs (1,000,000): each operator read (stats, the API,
+              /metrics, the admin's list, filters and searches) and a purge, by scale_commands.py
+              on a database of its own (about 5 minutes on SQLite, 10 on PostgreSQL)
 """
 
 import argparse
@@ -54,7 +57,8 @@ import peers
 import throughput as tp
 from peers import DRIVER, HOST, System
 
-SECTIONS = ("throughput", "drain", "enqueue", "slow", "latency", "memory")
+SECTIONS = ("throughput", "drain", "enqueue", "slow", "latency", "memory", "scale")
+SCALE_READ = re.compile(r"^  (.+?)\s+(\d[\d.]*)\s+<200 ms: (yes|no)$")
 SYSTEMS = ("ours", "post_office", "post_office-celery", "celery_email", "mailer")
 LOAD_WARNING = 1.5
 SUBJECT = re.compile(rb"^Subject:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
@@ -646,6 +650,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--accept-delay", type=float, default=20.0, help="ms, the slow relay")
     parser.add_argument("--latency-samples", type=int, help="latency samples (200)")
     parser.add_argument("--memory-messages", type=int, help="the large memory run (20000)")
+    parser.add_argument("--scale-jobs", type=int, help="jobs in the scale section's table (1e6)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=",".join(SECTIONS))
     parser.add_argument("--only", default=",".join(SYSTEMS), help=",".join(SYSTEMS))
     parser.add_argument("--smtp-sink", help="path of Postfix's smtp-sink (else found/unpacked)")
@@ -683,6 +688,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "slow_messages": 200,
         "latency_samples": 50,
         "memory_messages": 3000,
+        "scale_jobs": 20_000,
     }
     full = {
         "messages": 2000,
@@ -690,6 +696,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "slow_messages": 1000,
         "latency_samples": 200,
         "memory_messages": 20000,
+        "scale_jobs": 1_000_000,
     }
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
@@ -704,6 +711,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         and 1 <= args.slow_messages <= 10_000
         and 1 <= args.runs <= 5
         and 1 <= args.latency_samples <= 2_000
+        and 1_000 <= args.scale_jobs <= 2_000_000
     ):
         parser.error("counts out of bounds (messages <= 50,000, runs <= 5, ...)")
     return args
@@ -1029,6 +1037,11 @@ def main(argv: list[str]) -> int:
                 )
             )
 
+        if "scale" in args.sections and "ours" in systems:
+            rows = scale_section(args, stores, workdir, redis.url, bench.remaining())
+            record["sections"]["scale"] = rows
+            failed |= rows is None
+
         log("\n" + machine_summary())
         log(f"database: {stores.summary}")
         log(load_line("at the end"))
@@ -1048,6 +1061,47 @@ def main(argv: list[str]) -> int:
             log(f"kept {workdir}" + (f" and the databases {', '.join(kept)}" if kept else ""))
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def scale_section(args, stores, workdir: Path, redis_url: str, remaining: float) -> list | None:
+    """scale_commands.py on a database of its own: (read, median ms, under 200 ms) rows, and its
+    purge report printed as it is; None if it failed or had no time."""
+    log(f"\n[scale] ours, {args.scale_jobs:,} jobs: operator reads and a purge")
+    if remaining < 300:
+        log(f"  skipped: {remaining:.0f} s left of --time-limit")
+        return None
+    database = stores.new("scale", workdir / "scale.sqlite3")
+    command = [sys.executable, str(Path(__file__).parent / "scale_commands.py")]
+    command += ["--database-url", database.url, "--jobs", str(args.scale_jobs), "--repeat", "3"]
+    try:
+        finished = subprocess.run(
+            command,
+            cwd=tp.ROOT,
+            env={**os.environ, "EMAIL_REDIS_URL": redis_url},
+            capture_output=True,
+            text=True,
+            timeout=min(remaining, 1800),
+        )
+    except subprocess.TimeoutExpired:
+        log("  did not finish in time")
+        return None
+    (workdir / "scale.log").write_text(finished.stdout + finished.stderr)
+    if finished.returncode != 0:
+        log(f"  failed:\n{finished.stderr[-2000:]}")
+        return None
+    lines = finished.stdout.replace("\r", "\n").splitlines()
+    summary = lines.index(next(line for line in lines if line.startswith("summary:")))
+    rows = [
+        (match[1], match[2], match[3])
+        for line in lines[summary:]
+        if (match := SCALE_READ.match(line))
+    ]
+    header = ("read", "median ms", "< 200 ms")
+    log(table(f"A table of {args.scale_jobs:,} jobs, ours", header, rows))
+    purge = next((n for n, line in enumerate(lines) if line.startswith("purge --status")), None)
+    if purge is not None:
+        log("\n" + "\n".join(lines[purge : purge + 5]))
+    return rows
 
 
 def _jsonable(value):
