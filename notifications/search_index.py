@@ -3,7 +3,7 @@ and subject texts its search compares, made and dropped by `email_queue search-i
 
 Optional because it is not free (decision 51): on a million jobs it turns a search for text that
 is not a whole address from a 1.3-1.6 s scan into 22-155 ms, but every job written pays for
-about sixty index entries: on that table a bulk enqueue took 40-60% longer, for a search
+about sixty index entries: on that table a bulk enqueue took 40-65% longer, for a search
 operators run now and then. A team that searches often turns it on; the queue's speed without
 it is the default.
 
