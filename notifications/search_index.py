@@ -14,8 +14,9 @@ Each index is on the expression Django's case-insensitive `icontains` compares o
 from django.db import connection
 
 from .exceptions import SearchIndexUnavailable
+from .models import EmailJob
 
-TABLE = "notifications_emailjob"
+TABLE = EmailJob._meta.db_table
 INDEXES = {
     "emailjob_recipient_trgm": "UPPER(recipient::text)",
     "emailjob_subject_trgm": "UPPER(subject::text)",

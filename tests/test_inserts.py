@@ -1,9 +1,6 @@
 """What enqueue_emails() writes without the ORM: the rows bulk_create writes, with the right ids."""
 
 import contextlib
-import os
-import subprocess
-import sys
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -19,7 +16,7 @@ from notifications import inserts, services
 from notifications.composition import job_fields
 from notifications.models import EmailJob
 from tests.factories import make_message
-from tests.support.processes import ROOT
+from tests.support.processes import python_output
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -194,12 +191,7 @@ def test_on_sqlite_the_send_path_does_not_load_psycopg(tmp_path):
         "import vertex_email.celery, notifications.tasks, notifications.inserts; "
         "print(sorted(name for name in sys.modules if name.startswith('psycopg')))"
     )
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite3'}"}
-    loaded = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert loaded.returncode == 0, loaded.stderr
-    assert loaded.stdout.strip() == "[]"
+    assert python_output(code, tmp_path) == "[]"
 
 
 def test_no_messages_write_no_job(broker):

@@ -1,11 +1,7 @@
 """What the worker's parent prepares before the prefork pool forks, so that its children share
 it instead of each building their own copy (vertex_email/celery.py)."""
 
-import os
-import subprocess
-import sys
-
-from tests.support.processes import ROOT
+from tests.support.processes import python_output
 
 CHILD_AFTER_FORK = """
 import sys
@@ -23,14 +19,4 @@ print(sorted(set(sys.modules) - before))
 def test_a_pool_child_asking_for_its_death_signal_builds_no_c_parser(tmp_path):
     """With cffi installed, billiard's set_pdeathsig parses a C declaration: pycparser and its
     parser, 2.5-3 MiB in each child (worker PSS 116 -> 113 MiB idle) unless the parent did it."""
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite3'}"}
-    child = subprocess.run(
-        [sys.executable, "-c", CHILD_AFTER_FORK],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert child.returncode == 0, child.stderr
-    assert child.stdout.strip() == "[]"
+    assert python_output(CHILD_AFTER_FORK, tmp_path) == "[]"

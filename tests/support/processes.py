@@ -14,6 +14,17 @@ import redis
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def python_output(code: str, tmp_path: Path) -> str:
+    """What `code` prints, run by a fresh interpreter in the project with a throwaway SQLite
+    database: for what a process loads or builds from its start (imports, memory)."""
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite3'}"}
+    finished = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert finished.returncode == 0, finished.stderr
+    return finished.stdout.strip()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
