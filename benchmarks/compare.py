@@ -1090,7 +1090,10 @@ def scale_section(args, stores, workdir: Path, redis_url: str, remaining: float)
         log(f"  failed:\n{finished.stderr[-2000:]}")
         return None
     lines = finished.stdout.replace("\r", "\n").splitlines()
-    summary = next(n for n, line in enumerate(lines) if line.startswith("summary:"))
+    summary = next((n for n, line in enumerate(lines) if line.startswith("summary:")), None)
+    if summary is None:
+        log("  failed: scale_commands.py printed no summary")
+        return None
     rows = [
         (match[1], match[2], match[3])
         for line in lines[summary:]
